@@ -1,0 +1,116 @@
+"""Settings: the one composition root.
+
+Only this module reads environment variables. Everything else receives a ``Settings`` (or the
+plain paths and objects it hands out) and never looks at ``os.environ`` itself.
+
+The home folder (``DATABRIGHT_HOME``, default ``./.databright``) holds everything the exchange
+writes on one machine::
+
+    .databright/
+      exchange.duckdb     registry + ledger (one writer at a time)
+      store/              local object store; store/dvc is also the DVC remote
+      workspace/          DVC repository holding dataset version folders
+      keys/               exchange keys (verifier, simulated vendor root and platform)
+      prefect/            PREFECT_HOME: Prefect's SQLite database and settings
+      statements/         per-period statements (text and JSON)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from databright.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def current_period(now: dt.datetime | None = None) -> str:
+    """Settlement periods are calendar months in UTC, written ``YYYY-MM``."""
+    now = now or dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    project_root: Path = PROJECT_ROOT
+    period: str = ""
+    db_lock_retries: int = 8
+
+    # --- where things live -------------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.home / "exchange.duckdb"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def dvc_remote_dir(self) -> Path:
+        return self.store_dir / "dvc"
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.home / "workspace"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def statements_dir(self) -> Path:
+        return self.home / "statements"
+
+    @property
+    def contracts_dir(self) -> Path:
+        return self.project_root / "data_contracts"
+
+    @property
+    def enclave_tasks_dir(self) -> Path:
+        return self.project_root / "enclave_tasks"
+
+    @property
+    def attestation_policy_path(self) -> Path:
+        return self.project_root / "policies" / "attestation.yaml"
+
+    @property
+    def allocation_policy_path(self) -> Path:
+        return self.project_root / "policies" / "allocation.yaml"
+
+    # --- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("DATABRIGHT_HOME", ".databright")).expanduser().resolve()
+        period = env.get("DATABRIGHT_PERIOD") or current_period()
+        if len(period) != 7 or period[4] != "-" or not (period[:4] + period[5:]).isdigit():
+            raise ConfigError(
+                f"DATABRIGHT_PERIOD={period!r} is not a period; write it as YYYY-MM, e.g. 2026-11"
+            )
+        return cls(home=home, period=period)
+
+    def with_period(self, period: str) -> Settings:
+        return Settings(home=self.home, project_root=self.project_root, period=period)
+
+    def ensure_dirs(self) -> Settings:
+        for path in (self.home, self.store_dir, self.workspace_dir, self.keys_dir,
+                     self.prefect_home, self.statements_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def prefect_env(self) -> dict[str, str]:
+        """Environment Prefect must see before it is imported (set by the CLI, not by the library)."""
+        return {
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }

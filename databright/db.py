@@ -1,0 +1,102 @@
+"""The exchange database: one DuckDB file holding the registry, the market and the ledger.
+
+DuckDB allows one writing process per file, so every use is short: open, do one transaction,
+close. Opening retries with bounded exponential backoff while another process holds the lock.
+Workers never open this database; they receive files and return signed receipts.
+
+Each domain owns its tables and declares them as ``DDL`` in its own module; ``ExchangeDB``
+creates whatever is missing on first use. Money columns are HUGEINT minor units, never floats.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from databright.errors import RegistryError
+
+if TYPE_CHECKING:
+    import duckdb
+
+# Modules whose ``DDL`` string makes up the schema, in dependency order.
+_SCHEMA_MODULES = (
+    "databright.datasets.registry",
+    "databright.trust.registry",
+    "databright.market.offers",
+    "databright.training.jobs",
+    "databright.ledger.store",
+    "databright.settlement.store",
+)
+
+
+def schema_ddl() -> list[str]:
+    return [importlib.import_module(name).DDL for name in _SCHEMA_MODULES]
+
+
+class ExchangeDB:
+    """Short-lived connections to the exchange database file, or one in-memory database.
+
+    ``ExchangeDB(None)`` is the in-memory backend used by unit tests: the same SQL, no file.
+    """
+
+    def __init__(self, path: Path | None, retries: int = 8) -> None:
+        self.path = path
+        self.retries = retries
+        self._memory: duckdb.DuckDBPyConnection | None = None
+        self._ready = False
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        if self.path is None:
+            if self._memory is None:
+                self._memory = duckdb.connect(":memory:")
+            return self._memory
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        delay = 0.05
+        for attempt in range(self.retries + 1):
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or attempt == self.retries:
+                    raise RegistryError(
+                        f"cannot open the exchange database {self.path}: {exc}; "
+                        "another DataBright process is writing to it — wait for it to finish and retry"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for reads or autocommitted writes; closed on exit (file backend)."""
+        con = self._open()
+        try:
+            if not self._ready:
+                for ddl in schema_ddl():
+                    con.execute(ddl)
+                self._ready = True
+            yield con
+        finally:
+            if self.path is not None:
+                con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One atomic unit of work: everything inside commits together or not at all."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self.connect() as con:
+            return con.execute(sql, params or []).fetchall()

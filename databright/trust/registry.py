@@ -1,0 +1,3 @@
+"""Tables of this domain (being written)."""
+
+DDL = "SELECT 1"
