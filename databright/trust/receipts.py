@@ -1,0 +1,323 @@
+"""Usage receipts: what an attested session read and did, signed by its session key.
+
+A receipt is an in-toto Statement v1 whose subject is the trained model and whose predicate is a
+``UsageReceipt``: which dataset version was read, how many rows and visits per owner, a Merkle root
+over every (owner, record, visits, value), the valuation that priced the records, the attested
+work units, and a per-session sequence number chained to the previous receipt's digest. It is
+wrapped in a DSSE envelope signed by the session key that the attestation result bound to the
+measured code, so settlement can pay from it without trusting the host that ran the worker.
+
+Floats (per-record and per-owner values) are written by canonical JSON with Python's ``repr``,
+which round-trips every finite float exactly, so a verifier re-derives the same bytes and roots.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from databright.crypto import (
+    SigningKey,
+    canonical_json,
+    merkle_root_hex,
+    open_envelope,
+    sha256_hex,
+    sign_envelope,
+)
+from databright.errors import AttestationError, IntegrityError, ReceiptRejected
+from databright.trust.evidence import USAGE_RECEIPT_TYPE, parse_iso, utc
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from databright.trust.verifier import AttestationResult
+
+RECEIPT_VERSION = 1
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://databright.dev/usage-receipt/v1"
+# A worker's clock may run a little ahead of the exchange's; more than this is refused.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def _malformed(message: str) -> ReceiptRejected:
+    return ReceiptRejected(f"malformed usage receipt: {message}", reason="MALFORMED")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class OwnerUsage:
+    """One owner's share of a job: rows of theirs that were read, total visits, and summed value."""
+
+    rows_used: int
+    visits: int
+    value: float
+
+    def __post_init__(self) -> None:
+        for name in ("rows_used", "visits"):
+            amount = getattr(self, name)
+            if not _is_int(amount) or amount < 0:
+                raise _malformed(f"{name} {amount!r} must be a non-negative integer")
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _malformed(f"value {value!r} must be a finite number")
+        # Always a float, so an integral value is written 0.0 and re-serialises to the same bytes.
+        object.__setattr__(self, "value", float(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows_used": self.rows_used, "visits": self.visits, "value": self.value}
+
+
+def records_leaf(owner: str, record_id: str, visits: int, value: float) -> bytes:
+    """The Merkle leaf data for one record's use: ``canonical_json([owner, record_id, visits, value])``."""
+    return canonical_json([owner, record_id, int(visits), float(value)])
+
+
+def records_root(rows: Iterable[tuple[str, str, int, float]]) -> str:
+    """Hex Merkle root over ``(owner, record_id, visits, value)`` rows, in dataset order."""
+    return merkle_root_hex([records_leaf(*row) for row in rows])
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageReceipt:
+    receipt_version: int = RECEIPT_VERSION
+    period: str
+    job_id: str
+    run_id: str
+    provider_id: str
+    attestation_result_id: str
+    assurance: str
+    measurement: str
+    task: str
+    dataset: str
+    dataset_version: int
+    dataset_merkle_root: str
+    owners: dict[str, OwnerUsage]
+    records_root: str
+    valuation: dict[str, Any]
+    work_units: int
+    model_digest: str
+    sequence: int
+    previous_receipt_digest: str | None
+    issued_at: str
+
+    def __post_init__(self) -> None:
+        if self.receipt_version != RECEIPT_VERSION:
+            raise _malformed(f"receipt_version {self.receipt_version!r}; this exchange reads version 1")
+        if not isinstance(self.period, str) or not _PERIOD.match(self.period):
+            raise _malformed(f"period {self.period!r} is not YYYY-MM")
+        for name in (
+            "job_id",
+            "run_id",
+            "provider_id",
+            "attestation_result_id",
+            "assurance",
+            "task",
+            "dataset",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise _malformed(f"{name} {value!r} must be a non-empty string")
+        for name in ("measurement", "dataset_merkle_root", "records_root", "model_digest"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _HEX64.match(value):
+                raise _malformed(f"{name} {value!r} must be 64 lowercase hex digits")
+        prev = self.previous_receipt_digest
+        if prev is not None and (not isinstance(prev, str) or not _HEX64.match(prev)):
+            raise _malformed(f"previous_receipt_digest {prev!r} must be null or 64 lowercase hex digits")
+        for name in ("dataset_version", "work_units", "sequence"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise _malformed(f"{name} {value!r} must be a non-negative integer")
+        if not isinstance(self.owners, dict) or not all(
+            isinstance(k, str) and k and isinstance(v, OwnerUsage) for k, v in self.owners.items()
+        ):
+            raise _malformed("owners must map owner ids to OwnerUsage")
+        valuation = self.valuation
+        if (
+            not isinstance(valuation, dict)
+            or not isinstance(valuation.get("method"), str)
+            or not isinstance(valuation.get("params"), dict)
+            or not isinstance(valuation.get("validation_digest"), str)
+        ):
+            raise _malformed(
+                f"valuation {valuation!r} needs method (str), params (dict), validation_digest (str)"
+            )
+        try:
+            canonical_json(valuation)
+        except (TypeError, ValueError) as exc:
+            raise _malformed(f"valuation has a value with no canonical JSON form ({exc})") from exc
+        try:
+            parse_iso(self.issued_at, field="issued_at")
+        except AttestationError as exc:
+            raise _malformed(exc.message) from exc
+
+    # --- views ---------------------------------------------------------------------------------
+    @property
+    def issued_at_time(self) -> dt.datetime:
+        return parse_iso(self.issued_at, field="issued_at")
+
+    def predicate(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["owners"] = {owner: usage.to_dict() for owner, usage in sorted(self.owners.items())}
+        data["valuation"] = dict(self.valuation)
+        return data
+
+    def statement(self) -> dict[str, Any]:
+        """The in-toto Statement v1 this receipt is signed as."""
+        return {
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": f"model:{self.job_id}", "digest": {"sha256": self.model_digest}}],
+            "predicateType": PREDICATE_TYPE,
+            "predicate": self.predicate(),
+        }
+
+    @classmethod
+    def from_statement(cls, statement: Any) -> UsageReceipt:
+        if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
+            raise _malformed(f"not an in-toto Statement v1 (_type {_get(statement, '_type')!r})")
+        if statement.get("predicateType") != PREDICATE_TYPE:
+            raise _malformed(f"predicateType {statement.get('predicateType')!r}, expected {PREDICATE_TYPE}")
+        predicate = statement.get("predicate")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(predicate, dict) or set(predicate) != names:
+            got = sorted(predicate) if isinstance(predicate, dict) else type(predicate).__name__
+            raise _malformed(f"predicate has fields {got}, expected {sorted(names)}")
+        owners = predicate["owners"]
+        if not isinstance(owners, dict):
+            raise _malformed(f"owners is {type(owners).__name__}, expected an object")
+        try:
+            parsed_owners = {owner: OwnerUsage(**usage) for owner, usage in owners.items()}
+        except TypeError as exc:
+            raise _malformed(f"owner usage needs rows_used, visits, value ({exc})") from exc
+        receipt = cls(**{**predicate, "owners": parsed_owners})
+        subject = statement.get("subject")
+        expected = [{"name": f"model:{receipt.job_id}", "digest": {"sha256": receipt.model_digest}}]
+        if subject != expected:
+            raise _malformed(f"subject {subject!r} does not name the model {expected!r}")
+        return receipt
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Per-owner usage as a table (owner, rows_used, visits, value), sorted by owner."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [{"owner": o, **u.to_dict()} for o, u in sorted(self.owners.items())],
+            columns=["owner", "rows_used", "visits", "value"],
+        )
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else None
+
+
+# --- signing and verification -----------------------------------------------------------------
+
+
+def sign_receipt(session_key: SigningKey, receipt: UsageReceipt) -> dict[str, Any]:
+    """DSSE envelope over the receipt's in-toto Statement, signed by the enclave's session key."""
+    return sign_envelope(session_key, USAGE_RECEIPT_TYPE, canonical_json(receipt.statement()))
+
+
+def _payload(envelope: Any) -> bytes:
+    if not isinstance(envelope, dict) or envelope.get("payloadType") != USAGE_RECEIPT_TYPE:
+        raise _malformed(
+            f"envelope payloadType {_get(envelope, 'payloadType')!r}, expected {USAGE_RECEIPT_TYPE}"
+        )
+    try:
+        return base64.b64decode(envelope["payload"], validate=True)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _malformed(f"envelope payload is not base64 ({exc})") from exc
+
+
+def _statement(payload: bytes) -> UsageReceipt:
+    try:
+        statement = json.loads(payload)
+    except ValueError as exc:
+        raise _malformed(f"payload is not JSON ({exc})") from exc
+    return UsageReceipt.from_statement(statement)
+
+
+def parse_receipt(envelope: dict[str, Any]) -> UsageReceipt:
+    """The receipt inside ``envelope``, with no signature or attestation checks (for routing only)."""
+    return _statement(_payload(envelope))
+
+
+def receipt_digest(envelope: dict[str, Any]) -> str:
+    """Hex sha256 of the signed statement bytes: what the next receipt's ``previous_receipt_digest`` holds."""
+    return sha256_hex(_payload(envelope))
+
+
+def verify_receipt(
+    envelope: dict[str, Any], result: AttestationResult, *, now: dt.datetime | None = None
+) -> UsageReceipt:
+    """Check the receipt was signed by ``result``'s session key and agrees with the result.
+
+    Raises ``ReceiptRejected`` whose ``context['reason']`` is a stable code: ``MALFORMED``,
+    ``RESULT_NOT_OK``, ``SIGNATURE_INVALID``, ``RESULT_MISMATCH``, ``MEASUREMENT_MISMATCH``,
+    ``ASSURANCE_MISMATCH``, ``PROVIDER_MISMATCH``, ``TASK_MISMATCH``, ``ISSUED_BEFORE_ATTESTATION``,
+    ``RESULT_EXPIRED`` or ``ISSUED_IN_FUTURE``.
+    """
+    moment = utc(now)
+    if result.status != "ok":
+        raise ReceiptRejected(
+            f"attestation result {result.result_id} has status {result.status!r}; receipts under it are void",
+            reason="RESULT_NOT_OK",
+        )
+    _payload(envelope)  # type and encoding first, so a wrong envelope reads as malformed
+    try:
+        payload = open_envelope(envelope, USAGE_RECEIPT_TYPE, result.session_key)
+    except IntegrityError as exc:
+        raise ReceiptRejected(
+            f"usage receipt is not signed by session key {result.session_key.key_id} of attestation result "
+            f"{result.result_id} ({exc}); the receipt was altered or signed outside the attested session",
+            reason="SIGNATURE_INVALID",
+        ) from exc
+    receipt = _statement(payload)
+    checks = (
+        ("attestation_result_id", "RESULT_MISMATCH", result.result_id),
+        ("measurement", "MEASUREMENT_MISMATCH", result.measurement),
+        ("assurance", "ASSURANCE_MISMATCH", result.assurance),
+        ("provider_id", "PROVIDER_MISMATCH", result.provider_id),
+        ("task", "TASK_MISMATCH", result.task),
+    )
+    for field, reason, expected in checks:
+        claimed = getattr(receipt, field)
+        if claimed != expected:
+            raise ReceiptRejected(
+                f"usage receipt for job {receipt.job_id} says {field} {claimed!r}, but attestation result "
+                f"{result.result_id} says {expected!r}; settle it only under the result that admitted it",
+                reason=reason,
+            )
+    issued = receipt.issued_at_time
+    if issued < parse_iso(result.issued_at, field="issued_at"):
+        raise ReceiptRejected(
+            f"usage receipt for job {receipt.job_id} was issued at {receipt.issued_at}, before attestation "
+            f"result {result.result_id} existed ({result.issued_at}); the worker's clock or receipt is wrong",
+            reason="ISSUED_BEFORE_ATTESTATION",
+        )
+    if issued >= parse_iso(result.expires_at, field="expires_at"):
+        raise ReceiptRejected(
+            f"usage receipt for job {receipt.job_id} was issued at {receipt.issued_at}, after attestation "
+            f"result {result.result_id} expired ({result.expires_at}); the worker must attest again",
+            reason="RESULT_EXPIRED",
+        )
+    if issued > moment + CLOCK_SKEW:
+        raise ReceiptRejected(
+            f"usage receipt for job {receipt.job_id} claims issue time {receipt.issued_at}, later than now "
+            f"({moment.isoformat()}) plus {CLOCK_SKEW}; fix the worker's clock",
+            reason="ISSUED_IN_FUTURE",
+        )
+    return receipt
