@@ -127,3 +127,7 @@ class SettlementError(DatabrightError):
 
 class SettlementConflict(SettlementError):
     pass
+
+
+class ValuationError(DatabrightError, ValueError):
+    """Inputs to a valuation method are unusable (shapes, labels, non-finite values, k)."""

@@ -1,0 +1,268 @@
+"""The code that runs inside an attested worker for one job: check, train, meter, value, sign.
+
+``run_job`` trusts nothing it is handed except its own session key and the measurement its worker
+took of the task folder:
+
+1. it loads the dataset version's Parquet files in order and recomputes every record id from the
+   row's canonical bytes, then the Merkle root over the ids; a single altered cell, a swapped or
+   missing row, or a wrong file refuses the job with ``IntegrityError`` before any training;
+2. it loads the trainer's validation file (CSV or Parquet) and the task's entrypoint;
+3. the task trains and meters every record it reads;
+4. exact KNN-Shapley values each training record against the validation set, in the task's
+   embedding (the model's input space);
+5. per owner: rows used, visits and summed value; a Merkle root over every
+   ``(owner, record, visits, value)`` in dataset order; work units = total visits × model cost;
+6. the model is written to ``output_dir/model.pt`` (with ``records.parquet``, the root's leaves)
+   and a ``UsageReceipt`` naming all of it is signed by the session key.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from databright.crypto import SigningKey, digest_file, merkle_root_hex, sha256_hex
+from databright.datasets.canonical import record_ids
+from databright.datasets.contracts import Schema
+from databright.errors import ConfigError, IntegrityError, SchemaMismatch, TrainingError, UnreadableFile
+from databright.training.spec import JobOutcome, JobSpec
+from databright.training.tasks import TrainOutput, load_task
+from databright.trust.evidence import iso, utc
+from databright.trust.receipts import OwnerUsage, UsageReceipt, records_root, sign_receipt
+from databright.valuation import KNNShapley, ValuationResult
+
+MODEL_FILE = "model.pt"
+RECORDS_FILE = "records.parquet"
+_META_COLUMNS = ("record_id", "owner")
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise TrainingError(f"{what} {path} does not exist in the worker; fetch it before running the job")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix == ".csv":
+            return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise UnreadableFile(
+            f"{what} {path} cannot be read as {suffix[1:]} ({exc}); re-export the file"
+        ) from exc
+    raise UnreadableFile(f"{what} {path} has suffix {suffix!r}; give a .csv or .parquet file")
+
+
+def load_dataset(spec: JobSpec, schema: Schema) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
+    """The version's rows in order, and for each global row its (file, row within file)."""
+    frames: list[pd.DataFrame] = []
+    origin: list[tuple[str, int]] = []
+    wanted = [*schema.names, *_META_COLUMNS]
+    for file in spec.data_files:
+        frame = _read_table(Path(file), "data file")
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            raise SchemaMismatch(
+                f"data file {file} lacks columns {missing} (has {list(frame.columns)}); a dataset version "
+                "file holds the schema columns plus record_id and owner"
+            )
+        frames.append(frame[wanted])
+        origin.extend((file, row) for row in range(len(frame)))
+    dataset = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    if dataset.empty:
+        raise TrainingError(
+            f"dataset {spec.dataset} v{spec.dataset_version} has no rows; nothing to train on"
+        )
+    return dataset, origin
+
+
+def verify_records(
+    dataset: pd.DataFrame, schema: Schema, spec: JobSpec, origin: list[tuple[str, int]]
+) -> list[str]:
+    """Recompute every record id and the Merkle root; return the ids in dataset order."""
+    claimed = [str(v) for v in dataset["record_id"].tolist()]
+    actual = record_ids(dataset[list(schema.names)], schema)
+    for row, (have, want) in enumerate(zip(claimed, actual, strict=True)):
+        if have != want:
+            file, local = origin[row]
+            raise IntegrityError(
+                f"row {row} ({file}, row {local}, owner {dataset['owner'].iloc[row]!r}) claims record "
+                f"{have[:16]}… but its content hashes to {want[:16]}…; the data was altered after "
+                f"registration — fetch dataset {spec.dataset} v{spec.dataset_version} again from the store",
+                row=row,
+                record_id=have,
+                recomputed=want,
+            )
+    root = merkle_root_hex([bytes.fromhex(i) for i in actual])
+    if root != spec.expected_merkle_root:
+        raise IntegrityError(
+            f"dataset {spec.dataset} v{spec.dataset_version}: the {len(actual)} records have Merkle root "
+            f"{root[:16]}…, but the job expects {spec.expected_merkle_root[:16]}…; rows were added, "
+            "removed or reordered, or the wrong files were sent — fetch the version's files again",
+            computed=root,
+            expected=spec.expected_merkle_root,
+        )
+    return actual
+
+
+def _features(frame: pd.DataFrame, schema: Schema, what: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        x = frame[list(schema.features)].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(
+            f"{what}: feature columns {list(schema.features)} cannot be read as float64 ({exc}); "
+            "features must be numeric and present in every row"
+        ) from exc
+    return x, frame[schema.label].to_numpy()
+
+
+def load_validation(path: Path, schema: Schema) -> tuple[np.ndarray, np.ndarray]:
+    frame = _read_table(path, "validation file")
+    missing = [c for c in (*schema.features, schema.label) if c not in frame.columns]
+    if missing:
+        raise SchemaMismatch(
+            f"validation file {path} lacks columns {missing} (has {list(frame.columns)}); it needs the "
+            f"features {list(schema.features)} and the label {schema.label!r}"
+        )
+    if frame.empty:
+        raise TrainingError(f"validation file {path} has no rows; records are valued against it")
+    return _features(frame, schema, f"validation file {path}")
+
+
+def owner_usage(owners: list[str], visits: np.ndarray, values: np.ndarray) -> dict[str, OwnerUsage]:
+    """Rows used (visited at least once), total visits and summed value per owner, owners sorted."""
+    rows: dict[str, int] = {}
+    total: dict[str, int] = {}
+    value: dict[str, list[float]] = {}
+    for owner, count, val in zip(owners, visits.tolist(), values.tolist(), strict=True):
+        rows[owner] = rows.get(owner, 0) + (1 if count > 0 else 0)
+        total[owner] = total.get(owner, 0) + int(count)
+        value.setdefault(owner, []).append(val)
+    return {
+        o: OwnerUsage(rows_used=rows[o], visits=total[o], value=math.fsum(value[o])) for o in sorted(rows)
+    }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _valuate(
+    out: TrainOutput,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    k: Any,
+    ids: list[str],
+    digests: dict[str, str],
+) -> ValuationResult:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise TrainingError(f"config knn_k={k!r} must be a positive integer (the K of KNN-Shapley)")
+    return KNNShapley(k=k).valuate(
+        out.embed(x), y, out.embed(x_val), y_val, record_ids=ids, input_digests=digests
+    )
+
+
+def run_job(
+    spec: JobSpec,
+    session_key: SigningKey,
+    *,
+    sequence: int,
+    previous_receipt_digest: str | None,
+    measurement: str,
+    enclave_tasks_dir: Path,
+) -> JobOutcome:
+    """Run ``spec`` and return its signed outcome (see the module docstring for the steps)."""
+    try:
+        schema = Schema.from_dict(spec.schema)
+    except ConfigError as exc:
+        raise TrainingError(f"job {spec.job_id}: the schema in the job spec is unusable ({exc})") from exc
+    dataset, origin = load_dataset(spec, schema)
+    ids = verify_records(dataset, schema, spec, origin)
+    validation_path = Path(spec.validation_file)
+    x_val, y_val = load_validation(validation_path, schema)
+    validation_digest = digest_file(validation_path)
+
+    task = load_task(Path(enclave_tasks_dir), spec.task)
+    config = task.resolve_config(spec.config)
+    x, y = _features(dataset, schema, f"dataset {spec.dataset} v{spec.dataset_version}")
+    out = task.train(x, y, config, spec.seed, x_val=x_val, y_val=y_val)
+    if not isinstance(out, TrainOutput):
+        raise TrainingError(f"enclave task {spec.task!r} returned {type(out).__name__}, expected TrainOutput")
+    if out.visits.shape[0] != len(ids):
+        raise TrainingError(
+            f"enclave task {spec.task!r} metered {out.visits.shape[0]} records for a dataset of {len(ids)}; "
+            "the task must return one visit count per row"
+        )
+
+    valuation = _valuate(
+        out,
+        x,
+        y,
+        x_val,
+        y_val,
+        config.get("knn_k", 5),
+        ids,
+        {"dataset_merkle_root": spec.expected_merkle_root, "validation_file": validation_digest},
+    )
+    owners = [str(o) for o in dataset["owner"].tolist()]
+    usage = owner_usage(owners, out.visits, valuation.values)
+    root = records_root(zip(owners, ids, out.visits.tolist(), valuation.values.tolist(), strict=True))
+    work_units = out.total_visits * out.model_cost
+
+    output_dir = Path(spec.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model_path = output_dir / MODEL_FILE
+    _write_atomic(model_path, out.model_state)
+    model_digest = sha256_hex(out.model_state)
+    records_path = output_dir / RECORDS_FILE
+    pd.DataFrame(
+        {"owner": owners, "record_id": ids, "visits": out.visits, "value": valuation.values}
+    ).to_parquet(records_path, index=False)
+
+    receipt = UsageReceipt(
+        period=spec.period,
+        job_id=spec.job_id,
+        run_id=spec.run_id,
+        provider_id=spec.provider_id,
+        attestation_result_id=spec.attestation_result_id,
+        assurance=spec.assurance,
+        measurement=measurement,
+        task=spec.task,
+        dataset=spec.dataset,
+        dataset_version=spec.dataset_version,
+        dataset_merkle_root=spec.expected_merkle_root,
+        owners=usage,
+        records_root=root,
+        valuation={
+            "method": valuation.method,
+            "params": valuation.params,
+            "seed": valuation.seed,
+            "digest": valuation.digest,
+            "validation_digest": validation_digest,
+            "validation_rows": int(x_val.shape[0]),
+            "validation_accuracy": out.validation_accuracy,
+            "total": valuation.total(),
+        },
+        work_units=work_units,
+        model_digest=model_digest,
+        sequence=sequence,
+        previous_receipt_digest=previous_receipt_digest,
+        issued_at=iso(utc(None)),
+    )
+    envelope = sign_receipt(session_key, receipt)
+    return JobOutcome(
+        receipt_envelope=envelope,
+        receipt=receipt,
+        model_path=str(model_path),
+        model_digest=model_digest,
+        work_units=work_units,
+        validation_accuracy=out.validation_accuracy,
+        records_path=str(records_path),
+    )

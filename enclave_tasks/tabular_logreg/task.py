@@ -1,0 +1,157 @@
+"""Binary logistic regression on tabular features, trained inside an attested worker.
+
+Features are standardised with the training set's mean and standard deviation; that standardised
+space is both the model's input and the embedding in which KNN-Shapley values the records.
+Training is minibatch SGD (no momentum) on the binary cross-entropy with L2 weight decay — the
+update of ``torch.optim.SGD``, bit for bit; minibatches come from a generator seeded by the job,
+torch runs on one CPU thread, and the weights start from ``torch.manual_seed``, so the same data,
+config and seed give the same model bytes. Every minibatch is metered, so the
+visit counts in the receipt are exactly the rows the model read.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from databright.errors import TrainingError
+from databright.training.meter import UsageMeter
+from databright.training.tasks import TrainOutput
+
+
+def _features(name: str, x: Any, width: int | None = None) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise TrainingError(f"tabular_logreg: {name} must be a non-empty 2-D array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TrainingError(f"tabular_logreg: {name} has dtype {arr.dtype}; features must be numeric")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        row = int(np.argwhere(~np.isfinite(arr))[0][0])
+        raise TrainingError(f"tabular_logreg: {name} row {row} has NaN or infinity; clean the data first")
+    if width is not None and arr.shape[1] != width:
+        raise TrainingError(
+            f"tabular_logreg: {name} has {arr.shape[1]} features, the model was trained on {width}"
+        )
+    return arr
+
+
+def _binary(name: str, y: Any, rows: int) -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim != 1 or arr.shape[0] != rows:
+        raise TrainingError(f"tabular_logreg: {name} must hold one label per row ({rows}), got {arr.shape}")
+    found = set(np.unique(arr).tolist())
+    if not found <= {0, 1}:
+        raise TrainingError(
+            f"tabular_logreg: {name} has labels {sorted(found, key=str)[:5]}; this task is binary, "
+            "encode the label as 0/1"
+        )
+    return arr.astype(np.float64)
+
+
+def _setting(config: Mapping[str, Any], key: str, *, integer: bool, allow_zero: bool = False) -> float:
+    value = config.get(key)
+    number = math.nan
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or not integer)
+    ):
+        number = float(value)
+    # NaN fails both comparisons, so a missing or non-numeric setting is refused here too.
+    if not (number > 0 or (allow_zero and number == 0)):
+        kind = "an integer" if integer else "a number"
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise TrainingError(f"tabular_logreg: config {key}={value!r} must be {kind} {bound}")
+    return number
+
+
+def train(
+    x: np.ndarray,
+    y: np.ndarray,
+    config: Mapping[str, Any],
+    seed: int,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> TrainOutput:
+    """Train on ``(x, y)``; report accuracy on ``(x_val, y_val)`` when given (else ``None``)."""
+    import torch
+
+    x = _features("x", x)
+    n, width = x.shape
+    labels = _binary("y", y, n)
+    epochs = int(_setting(config, "epochs", integer=True))
+    batch_size = int(_setting(config, "batch_size", integer=True))
+    learning_rate = float(_setting(config, "learning_rate", integer=False))
+    weight_decay = float(_setting(config, "weight_decay", integer=False, allow_zero=True))
+    model_cost = int(_setting(config, "model_cost", integer=True))
+
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    # A constant column carries no information; dividing by 1 keeps it at 0 instead of NaN.
+    std = np.where(std > 0, std, 1.0)
+
+    def embed(rows: np.ndarray) -> np.ndarray:
+        return (_features("rows to embed", rows, width) - mean) / std
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = torch.nn.Linear(width, 1, dtype=torch.float64)
+        parameters = list(model.parameters())
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        inputs = torch.from_numpy(embed(x))
+        targets = torch.from_numpy(labels)
+        shuffler = np.random.default_rng(seed)
+        meter = UsageMeter(n)
+        for _ in range(epochs):
+            order = shuffler.permutation(n)
+            for start in range(0, n, batch_size):
+                batch = order[start : start + batch_size]
+                meter.record(batch)
+                index = torch.from_numpy(batch)
+                for parameter in parameters:
+                    parameter.grad = None
+                loss = loss_fn(model(inputs[index]).squeeze(1), targets[index])
+                loss.backward()
+                with torch.no_grad():
+                    for parameter in parameters:
+                        # The update torch.optim.SGD makes (no momentum), written out: importing
+                        # torch.optim loads torch._dynamo, seconds of start-up in every worker.
+                        assert parameter.grad is not None
+                        step = parameter.grad.add(parameter, alpha=weight_decay)
+                        parameter.add_(step, alpha=-learning_rate)
+
+        accuracy: float | None = None
+        if x_val is not None or y_val is not None:
+            if x_val is None or y_val is None:
+                raise TrainingError("tabular_logreg: give both x_val and y_val, or neither")
+            xv = embed(x_val)
+            yv = _binary("y_val", y_val, xv.shape[0])
+            with torch.no_grad():
+                predicted = (model(torch.from_numpy(xv)).squeeze(1) > 0).double().numpy()
+            accuracy = float(np.mean(predicted == yv))
+
+        state = {
+            "weight": model.weight.detach().clone(),
+            "bias": model.bias.detach().clone(),
+            "feature_mean": torch.from_numpy(mean.copy()),
+            "feature_std": torch.from_numpy(std.copy()),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+    finally:
+        torch.set_num_threads(threads)
+
+    return TrainOutput(
+        model_state=buffer.getvalue(),
+        visits=meter.visits,
+        embed=embed,
+        validation_accuracy=accuracy,
+        model_cost=model_cost,
+    )
