@@ -1,1 +1,74 @@
-"""ledger."""
+"""Ledger: a TigerBeetle-shaped double-entry ledger in the exchange database.
+
+* ``accounts`` — account ids (``trainer:acme``, ``contributor:alice``, ``escrow``, ...) and their
+  flags; every account but ``external:*`` may never be overdrawn.
+* ``transfers`` — ``Transfer`` (integer minor units, deterministic id from an idempotency key) and
+  ``TransferCode`` (deposit, escrow, settle_data, settle_compute, settle_fee, payout, refund, ...).
+* ``store`` — ``Ledger(db).post(con, transfers)`` inside the caller's transaction: retries are no-ops,
+  conflicting retries raise ``LedgerConflict``, overdrafts are refused whole. Helpers for the other
+  domains: ``deposit``, ``escrow_job_payment``, ``refund_job_payment``, ``balance``,
+  ``account_balances``.
+* ``verify`` — ``verify_ledger(db)`` re-checks every invariant from the rows and returns a
+  ``LedgerReport``.
+
+Typical use::
+
+    deposit(db, "acme", 5_000_000, reference="wire-0042")
+    escrow_job_payment(db, trainer_id="acme", job_id="j-1", period="2026-11", amount=1_000_000)
+    assert verify_ledger(db).ok
+"""
+
+from databright.ledger.accounts import (
+    COMPUTE_POOL,
+    DATA_POOL,
+    DBX_LEDGER,
+    ESCROW,
+    EXCHANGE_FEE,
+    EXTERNAL_DEPOSITS,
+    Account,
+    AccountKind,
+    account_for,
+    contributor_account,
+    provider_account,
+    trainer_account,
+)
+from databright.ledger.store import (
+    Ledger,
+    account_balances,
+    balance,
+    deposit,
+    escrow_job_payment,
+    format_minor,
+    refund_job_payment,
+)
+from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, transfer_id_for
+from databright.ledger.verify import Check, LedgerReport, verify_ledger
+
+__all__ = [
+    "COMPUTE_POOL",
+    "DATA_POOL",
+    "DBX_LEDGER",
+    "ESCROW",
+    "EXCHANGE_FEE",
+    "EXTERNAL_DEPOSITS",
+    "SETTLE_CODES",
+    "Account",
+    "AccountKind",
+    "Check",
+    "Ledger",
+    "LedgerReport",
+    "Transfer",
+    "TransferCode",
+    "account_balances",
+    "account_for",
+    "balance",
+    "contributor_account",
+    "deposit",
+    "escrow_job_payment",
+    "format_minor",
+    "provider_account",
+    "refund_job_payment",
+    "trainer_account",
+    "transfer_id_for",
+    "verify_ledger",
+]

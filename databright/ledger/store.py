@@ -1,3 +1,355 @@
-"""Tables of this domain (being written)."""
+"""The double-entry ledger in the exchange database: accounts, transfers, balances.
 
-DDL = "SELECT 1"
+Rows are only ever inserted — never updated or deleted — so the transfers table *is* the history;
+a correction is a reversing transfer. ``Ledger.post`` runs inside the caller's transaction so a
+settlement's transfers and its state change commit together. Balances are computed in SQL as
+HUGEINT and come back as Python ints; money never passes through a DataFrame or a float.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from databright.db import ExchangeDB
+from databright.errors import LedgerConflict, LedgerError
+from databright.ledger.accounts import (
+    ESCROW,
+    EXTERNAL_DEPOSITS,
+    Account,
+    AccountKind,
+    account_for,
+    trainer_account,
+)
+from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, check_amount
+
+if TYPE_CHECKING:
+    import duckdb
+
+DDL = """
+CREATE TABLE IF NOT EXISTS accounts (
+    account_id                     VARCHAR PRIMARY KEY,
+    kind                           VARCHAR NOT NULL,
+    ledger                         INTEGER NOT NULL,
+    debits_must_not_exceed_credits BOOLEAN NOT NULL,
+    created_at                     TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    transfer_id    VARCHAR PRIMARY KEY,      -- hex sha256 of the idempotency key
+    debit_account  VARCHAR NOT NULL,
+    credit_account VARCHAR NOT NULL,
+    amount         HUGEINT NOT NULL CHECK (amount > 0),   -- minor units
+    ledger         INTEGER NOT NULL,
+    code           SMALLINT NOT NULL,
+    period         VARCHAR,
+    settlement_id  VARCHAR,
+    job_id         VARCHAR,
+    memo           VARCHAR NOT NULL,
+    created_at     TIMESTAMPTZ NOT NULL,
+    CHECK (debit_account <> credit_account)
+);
+"""
+
+_TRANSFER_COLUMNS = (
+    "transfer_id, debit_account, credit_account, amount, ledger, code, period, settlement_id, job_id, memo"
+)
+
+# Credits minus debits of one account, summed as HUGEINT inside DuckDB.
+BALANCE_SQL = """
+SELECT COALESCE(SUM(CASE WHEN credit_account = $1 THEN amount ELSE -amount END), 0::HUGEINT)
+FROM transfers WHERE credit_account = $1 OR debit_account = $1
+"""
+
+_ALL_BALANCES_SQL = """
+WITH legs AS (
+    SELECT credit_account AS account_id, amount FROM transfers
+    UNION ALL
+    SELECT debit_account, -amount FROM transfers
+)
+SELECT a.account_id, COALESCE(SUM(l.amount), 0::HUGEINT) AS balance
+FROM accounts a LEFT JOIN legs l USING (account_id)
+GROUP BY a.account_id ORDER BY a.account_id
+"""
+
+
+def format_minor(amount: int) -> str:
+    """``1000000`` -> ``"1 000 000"``: minor units grouped for reading in reports and errors."""
+    return f"{amount:,}".replace(",", " ")
+
+
+class Ledger:
+    """Accounts and transfers over one ``ExchangeDB``."""
+
+    def __init__(self, db: ExchangeDB) -> None:
+        self.db = db
+
+    # --- accounts ------------------------------------------------------------------------------
+    def open_accounts(self, con: duckdb.DuckDBPyConnection, account_ids: Sequence[str]) -> list[Account]:
+        """Create the named accounts that do not exist yet; return all of them."""
+        accounts = [account_for(a) for a in dict.fromkeys(account_ids)]
+        now = dt.datetime.now(dt.UTC)
+        for account in accounts:
+            con.execute(
+                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO NOTHING",
+                [
+                    account.account_id,
+                    account.kind.value,
+                    account.ledger,
+                    account.debits_must_not_exceed_credits,
+                    now,
+                ],
+            )
+        return accounts
+
+    def accounts(self) -> list[Account]:
+        rows = self.db.query(
+            "SELECT account_id, kind, ledger, debits_must_not_exceed_credits "
+            "FROM accounts ORDER BY account_id"
+        )
+        return [Account(r[0], AccountKind(r[1]), int(r[2]), bool(r[3])) for r in rows]
+
+    # --- posting -------------------------------------------------------------------------------
+    def post(self, con: duckdb.DuckDBPyConnection, transfers: Sequence[Transfer]) -> list[Transfer]:
+        """Post transfers in order inside the caller's transaction; return the ones newly written.
+
+        A transfer whose id is already in the ledger with identical content is skipped (a retry);
+        with different content it raises ``LedgerConflict``. A transfer that would take a flagged
+        account below zero raises ``LedgerError``. Every check runs before the first insert, so a
+        refused batch writes nothing even if the caller swallows the error.
+        """
+        batch: dict[str, Transfer] = {}
+        for transfer in transfers:
+            if not isinstance(transfer, Transfer):
+                raise LedgerError(f"Ledger.post takes Transfer objects, got {type(transfer).__name__}")
+            seen = batch.get(transfer.transfer_id)
+            if seen is not None and seen != transfer:
+                raise LedgerConflict(
+                    f"transfer {transfer.transfer_id[:12]} appears twice in one batch with different "
+                    f"content ({'; '.join(seen.differences(transfer))}); give each movement its own "
+                    "idempotency key",
+                    transfer=transfer,
+                )
+            batch[transfer.transfer_id] = transfer
+        if not batch:
+            return []
+
+        existing = self._existing(con, list(batch))
+        new: list[Transfer] = []
+        for transfer in batch.values():
+            stored = existing.get(transfer.transfer_id)
+            if stored is None:
+                new.append(transfer)
+            elif stored != transfer:
+                raise LedgerConflict(
+                    f"transfer {transfer.transfer_id[:12]} is already posted with different content "
+                    f"({'; '.join(stored.differences(transfer))}); history is never edited — post a "
+                    "reversing transfer under a new idempotency key instead",
+                    transfer=transfer,
+                    stored=stored,
+                )
+        if not new:
+            return []
+
+        accounts = {
+            a.account_id: a
+            for a in self.open_accounts(con, [x for t in new for x in (t.debit_account, t.credit_account)])
+        }
+        for transfer in new:
+            for account_id in (transfer.debit_account, transfer.credit_account):
+                if accounts[account_id].ledger != transfer.ledger:
+                    raise LedgerError(
+                        f"transfer {transfer.transfer_id[:12]} is on ledger {transfer.ledger} but account "
+                        f"{account_id!r} is on ledger {accounts[account_id].ledger}; money moves only "
+                        "within one ledger"
+                    )
+        self._check_funds(con, new, accounts)
+
+        now = dt.datetime.now(dt.UTC)
+        con.executemany(
+            f"INSERT INTO transfers ({_TRANSFER_COLUMNS}, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [[*t.row(), now] for t in new],
+        )
+        return new
+
+    def _existing(self, con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Transfer]:
+        rows = con.execute(
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE list_contains($1, transfer_id)", [ids]
+        ).fetchall()
+        return {r[0]: Transfer.from_row(r) for r in rows}
+
+    def _check_funds(
+        self, con: duckdb.DuckDBPyConnection, new: list[Transfer], accounts: dict[str, Account]
+    ) -> None:
+        """Apply the batch in order to the flagged accounts' balances; refuse the first overdraft."""
+        running: dict[str, int] = {}
+        for transfer in new:
+            debit = accounts[transfer.debit_account]
+            if debit.debits_must_not_exceed_credits:
+                if debit.account_id not in running:
+                    running[debit.account_id] = self.balance(debit.account_id, con)
+                if running[debit.account_id] < transfer.amount:
+                    raise LedgerError(
+                        f"account {debit.account_id!r} holds {format_minor(running[debit.account_id])} "
+                        f"minor units but transfer {transfer.transfer_id[:12]} ({transfer.code.label}, job "
+                        f"{transfer.job_id}) debits {format_minor(transfer.amount)}; its debits may not "
+                        "exceed its credits — fund the account first. Nothing was posted.",
+                        account=debit.account_id,
+                        balance=running[debit.account_id],
+                        amount=transfer.amount,
+                    )
+                running[debit.account_id] -= transfer.amount
+            credit = transfer.credit_account
+            if accounts[credit].debits_must_not_exceed_credits:
+                if credit not in running:
+                    running[credit] = self.balance(credit, con)
+                running[credit] += transfer.amount
+
+    # --- reading -------------------------------------------------------------------------------
+    def balance(self, account_id: str, con: duckdb.DuckDBPyConnection | None = None) -> int:
+        """Credits minus debits of one account, in minor units (0 for an account never used)."""
+        if con is None:
+            rows = self.db.query(BALANCE_SQL, [account_id])
+        else:
+            rows = con.execute(BALANCE_SQL, [account_id]).fetchall()
+        return int(rows[0][0])
+
+    def balances(self) -> dict[str, int]:
+        """Every account's balance, by account id."""
+        return {r[0]: int(r[1]) for r in self.db.query(_ALL_BALANCES_SQL)}
+
+    def transfers(self, *, period: str | None = None, job_id: str | None = None) -> list[Transfer]:
+        sql = f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE 1 = 1"
+        params: list[object] = []
+        if period is not None:
+            sql += " AND period = ?"
+            params.append(period)
+        if job_id is not None:
+            sql += " AND job_id = ?"
+            params.append(job_id)
+        rows = self.db.query(sql + " ORDER BY created_at, transfer_id", params)
+        return [Transfer.from_row(r) for r in rows]
+
+
+# --- the movements other domains ask for --------------------------------------------------------
+
+
+def deposit(db: ExchangeDB, trainer_id: str, amount: int, reference: str) -> Transfer:
+    """Credit a trainer with money received from outside; ``reference`` (e.g. a bank reference)
+    makes a repeated call with the same reference a no-op."""
+    check_amount(amount, f"deposit for trainer {trainer_id!r}")
+    if not isinstance(reference, str) or not reference:
+        raise LedgerError(
+            f"deposit reference {reference!r} is empty; pass the payment's external reference so a "
+            "retried deposit is not counted twice"
+        )
+    transfer = Transfer.create(
+        {"kind": "deposit", "trainer": trainer_id, "reference": reference},
+        debit_account=EXTERNAL_DEPOSITS,
+        credit_account=trainer_account(trainer_id),
+        amount=amount,
+        code=TransferCode.DEPOSIT,
+        memo=f"deposit {reference}",
+    )
+    with db.transaction() as con:
+        Ledger(db).post(con, [transfer])
+    return transfer
+
+
+def _job_transfer(
+    kind: str,
+    code: TransferCode,
+    *,
+    trainer_id: str,
+    job_id: str,
+    period: str,
+    amount: int,
+    debit: str,
+    credit: str,
+) -> Transfer:
+    check_amount(amount, f"{kind} amount of job {job_id!r}")
+    return Transfer.create(
+        {"kind": kind, "job": job_id},
+        debit_account=debit,
+        credit_account=credit,
+        amount=amount,
+        code=code,
+        period=period,
+        job_id=job_id,
+        memo=f"{kind} job {job_id} of trainer {trainer_id}",
+    )
+
+
+def escrow_job_payment(db: ExchangeDB, *, trainer_id: str, job_id: str, period: str, amount: int) -> Transfer:
+    """Move a job's payment from the trainer to escrow, where it waits for the period's settlement.
+
+    Calling it again for the same job with the same amount is a no-op; with another amount it
+    raises ``LedgerConflict``.
+    """
+    account = trainer_account(trainer_id)
+    transfer = _job_transfer(
+        "escrow",
+        TransferCode.ESCROW,
+        trainer_id=trainer_id,
+        job_id=job_id,
+        period=period,
+        amount=amount,
+        debit=account,
+        credit=ESCROW,
+    )
+    ledger = Ledger(db)
+    with db.transaction() as con:
+        retry = con.execute(
+            "SELECT count(*) FROM transfers WHERE transfer_id = ?", [transfer.transfer_id]
+        ).fetchall()[0][0]
+        held = ledger.balance(account, con)
+        if held < amount and not retry:
+            raise LedgerError(
+                f"trainer {trainer_id!r} holds {format_minor(held)} minor units, short of the "
+                f"{format_minor(amount)} needed to escrow job {job_id!r}; deposit at least "
+                f"{format_minor(amount - held)} more and submit again",
+                account=account,
+                balance=held,
+                amount=amount,
+            )
+        ledger.post(con, [transfer])
+    return transfer
+
+
+def refund_job_payment(db: ExchangeDB, *, trainer_id: str, job_id: str, period: str, amount: int) -> Transfer:
+    """Return a failed job's escrowed payment to its trainer (idempotent per job)."""
+    transfer = _job_transfer(
+        "refund",
+        TransferCode.REFUND,
+        trainer_id=trainer_id,
+        job_id=job_id,
+        period=period,
+        amount=amount,
+        debit=ESCROW,
+        credit=trainer_account(trainer_id),
+    )
+    with db.transaction() as con:
+        escrowed, settled = con.execute(
+            """SELECT COALESCE(SUM(amount) FILTER (WHERE code = $2), 0::HUGEINT),
+                      count(*) FILTER (WHERE code = ANY($3))
+               FROM transfers WHERE job_id = $1""",
+            [job_id, int(TransferCode.ESCROW), [int(c) for c in SETTLE_CODES]],
+        ).fetchall()[0]
+        if settled or int(escrowed) != amount:
+            raise LedgerError(
+                f"job {job_id!r} cannot be refunded {format_minor(amount)}: escrow holds "
+                f"{format_minor(int(escrowed))} for it and it has {settled} settlement legs; only an "
+                "escrowed, unsettled job is refunded, for exactly its escrowed payment",
+                job_id=job_id,
+            )
+        Ledger(db).post(con, [transfer])
+    return transfer
+
+
+def balance(db: ExchangeDB, account_id: str) -> int:
+    return Ledger(db).balance(account_id)
+
+
+def account_balances(db: ExchangeDB) -> dict[str, int]:
+    return Ledger(db).balances()

@@ -1,0 +1,308 @@
+"""Statements: what each holder was paid (or charged) in a period, and how they can check it.
+
+One statement per holder and period, as JSON (for machines) and text (for people), written to
+``<statements_dir>/<period>/<holder>.json|.txt``. A contributor's statement lists every job that
+used their data with the rows used, visits, value and weight from the signed usage receipt, the
+amount, and the receipt's records root and the dataset's Merkle root, so they can check the
+receipt and their records' inclusion themselves. Amounts are kept as integer minor units and shown
+as decimal text made from those ints. Statements resting on simulated attestation say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from databright.crypto import sha256_hex
+from databright.errors import SettlementError
+from databright.ledger.accounts import AccountKind, account_for, contributor_account, trainer_account
+from databright.settlement.policy import format_amount
+from databright.settlement.result import Settlement, check_period
+
+SIMULATED_NOTE = (
+    "assurance: simulated — the receipts behind this statement were signed by simulated attestation; "
+    "no hardware protected the data or the metering"
+)
+
+
+@dataclass(frozen=True)
+class Statement:
+    period: str
+    holder: str  # ledger account id, e.g. contributor:alice
+    kind: str  # contributor | provider | trainer
+    currency: str
+    minor_units_per_unit: int
+    policy: str
+    assurance: str
+    inputs_digest: str
+    allocation_root: str
+    lines: tuple[dict[str, Any], ...]
+    total: int  # minor units: received (contributor, provider) or paid (trainer)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lines"] = list(self.lines)
+        data["total_text"] = self.format_amount(self.total)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Statement:
+        fields = {k: v for k, v in data.items() if k != "total_text"}
+        fields["lines"] = tuple(fields["lines"])
+        return cls(**fields)
+
+    def format_amount(self, minor: int) -> str:
+        return format_amount(minor, self.currency, self.minor_units_per_unit)
+
+
+def statement_filename(holder: str) -> str:
+    """``contributor:alice`` -> ``contributor-alice``; kinds hold no '-', so the first one separates.
+
+    Ids with characters unsafe in file names get them replaced and a short digest of the full id
+    appended, so two holders never share a file.
+    """
+    kind, _, rest = holder.partition(":")
+    if re.fullmatch(r"[A-Za-z0-9._-]+", rest or kind) and "-" not in kind:
+        return f"{kind}-{rest}" if rest else kind
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", holder)
+    return f"{safe}-{sha256_hex(holder.encode('utf-8'))[:8]}"
+
+
+# --- building -------------------------------------------------------------------------------------
+
+
+def _header(settlement: Settlement, holder: str, kind: str) -> dict[str, Any]:
+    return {
+        "period": settlement.period,
+        "holder": holder,
+        "kind": kind,
+        "currency": settlement.policy.currency,
+        "minor_units_per_unit": settlement.policy.minor_units_per_unit,
+        "policy": settlement.policy.label,
+        "assurance": settlement.assurance,
+        "inputs_digest": settlement.inputs_digest,
+        "allocation_root": settlement.allocation_root,
+    }
+
+
+def _contributor_lines(settlement: Settlement, holder: str) -> list[dict[str, Any]]:
+    fmt = settlement.policy.format_amount
+    amounts = {(a.job_id, a.holder): a for a in settlement.allocations if a.role == "data"}
+    lines = []
+    for job in settlement.jobs:
+        for owner in job.owners:
+            if contributor_account(owner.owner) != holder:
+                continue
+            allocation = amounts[(job.job_id, holder)]
+            lines.append(
+                {
+                    "job_id": job.job_id,
+                    "dataset": job.dataset,
+                    "dataset_version": job.dataset_version,
+                    "rows_used": owner.rows_used,
+                    "visits": owner.visits,
+                    "value": owner.value,
+                    "weight": allocation.weight,
+                    "basis": allocation.basis,
+                    "amount": allocation.amount,
+                    "amount_text": fmt(allocation.amount),
+                    "records_root": job.records_root,
+                    "dataset_merkle_root": job.dataset_merkle_root,
+                    "receipt_digest": job.receipt_digest,
+                    "assurance": job.assurance,
+                }
+            )
+    return lines
+
+
+def _provider_lines(settlement: Settlement, holder: str) -> list[dict[str, Any]]:
+    fmt = settlement.policy.format_amount
+    jobs = {job.job_id: job for job in settlement.jobs}
+    return [
+        {
+            "job_id": a.job_id,
+            "dataset": jobs[a.job_id].dataset,
+            "work_units": jobs[a.job_id].work_units,
+            "attestation_result_id": jobs[a.job_id].attestation_result_id,
+            "receipt_digest": jobs[a.job_id].receipt_digest,
+            "amount": a.amount,
+            "amount_text": fmt(a.amount),
+            "assurance": jobs[a.job_id].assurance,
+        }
+        for a in settlement.allocations
+        if a.holder == holder and a.role == "compute"
+    ]
+
+
+def _trainer_lines(settlement: Settlement, holder: str) -> list[dict[str, Any]]:
+    fmt = settlement.policy.format_amount
+    lines = []
+    for job in settlement.jobs:
+        if trainer_account(job.trainer_id) != holder:
+            continue
+        parts = {role: 0 for role in ("data", "compute", "fee")}
+        for a in settlement.allocations:
+            if a.job_id == job.job_id:
+                parts[a.role] += a.amount
+        lines.append(
+            {
+                "job_id": job.job_id,
+                "dataset": job.dataset,
+                "dataset_version": job.dataset_version,
+                "provider_id": job.provider_id,
+                "payment": job.payment,
+                "payment_text": fmt(job.payment),
+                **{f"{role}_amount": amount for role, amount in parts.items()},
+                "receipt_digest": job.receipt_digest,
+                "assurance": job.assurance,
+            }
+        )
+    return lines
+
+
+def build_statements(settlement: Settlement) -> list[Statement]:
+    """One statement per contributor, provider and trainer that took part in the period."""
+    holders: dict[str, str] = {}
+    for job in settlement.jobs:
+        holders[trainer_account(job.trainer_id)] = "trainer"
+    for a in settlement.allocations:
+        account_kind = account_for(a.holder).kind
+        if account_kind in (AccountKind.CONTRIBUTOR, AccountKind.PROVIDER):
+            holders[a.holder] = account_kind.value
+    builders = {"contributor": _contributor_lines, "provider": _provider_lines, "trainer": _trainer_lines}
+    statements = []
+    for holder in sorted(holders):
+        kind = holders[holder]
+        lines = builders[kind](settlement, holder)
+        key = "payment" if kind == "trainer" else "amount"
+        statements.append(
+            Statement(
+                **_header(settlement, holder, kind),
+                lines=tuple(lines),
+                total=sum(line[key] for line in lines),
+            )
+        )
+    return statements
+
+
+# --- rendering and files --------------------------------------------------------------------------
+
+
+def render_statement(statement: Statement) -> str:
+    """The statement as text for people; every number in it comes from the JSON form."""
+    fmt = statement.format_amount
+    out = [
+        f"DataBright statement — {statement.holder} — period {statement.period}",
+        f"currency: {statement.currency} (1 {statement.currency} = {statement.minor_units_per_unit} minor "
+        f"units); policy: {statement.policy}",
+        f"assurance: {statement.assurance}",
+    ]
+    if statement.assurance == "simulated":
+        out.append(SIMULATED_NOTE)
+    out += [
+        f"settlement inputs digest: {statement.inputs_digest}",
+        f"allocation root:          {statement.allocation_root}",
+        "",
+    ]
+    for line in statement.lines:
+        if statement.kind == "contributor":
+            out += [
+                f"job {line['job_id']} — dataset {line['dataset']} v{line['dataset_version']}",
+                f"  rows used {line['rows_used']}, visits {line['visits']}, value {line['value']!r}, "
+                f"weight {line['weight']} (basis: {line['basis']})",
+                f"  amount {line['amount_text']} ({line['amount']} minor units)",
+                f"  records root {line['records_root']}",
+                f"  dataset Merkle root {line['dataset_merkle_root']}",
+                f"  receipt digest {line['receipt_digest']} (assurance: {line['assurance']})",
+            ]
+        elif statement.kind == "provider":
+            out += [
+                f"job {line['job_id']} — dataset {line['dataset']}, {line['work_units']} attested work units",
+                f"  amount {line['amount_text']} ({line['amount']} minor units)",
+                f"  attestation result {line['attestation_result_id']} (assurance: {line['assurance']})",
+            ]
+        else:
+            out += [
+                f"job {line['job_id']} — dataset {line['dataset']} v{line['dataset_version']}, "
+                f"provider {line['provider_id']}",
+                f"  paid {line['payment_text']} = data {fmt(line['data_amount'])} + compute "
+                f"{fmt(line['compute_amount'])} + fee {fmt(line['fee_amount'])}",
+            ]
+    verb = "paid" if statement.kind == "trainer" else "received"
+    out += [
+        "",
+        f"total {verb}: {fmt(statement.total)} ({statement.total} minor units) over "
+        f"{len(statement.lines)} job(s)",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_statements(settlement: Settlement, statements_dir: Path) -> list[Path]:
+    """Write every holder's statement as JSON and text; return the paths written."""
+    folder = statements_dir / check_period(settlement.period)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for statement in build_statements(settlement):
+        name = statement_filename(statement.holder)
+        json_path, text_path = folder / f"{name}.json", folder / f"{name}.txt"
+        _write_atomic(json_path, json.dumps(statement.to_dict(), indent=2, sort_keys=True) + "\n")
+        _write_atomic(text_path, render_statement(statement))
+        paths += [json_path, text_path]
+    return paths
+
+
+def load_statement(statements_dir: Path, period: str, holder: str) -> Statement:
+    """Read back the JSON statement of one holder (an account id such as ``contributor:alice``)."""
+    path = statements_dir / check_period(period) / f"{statement_filename(holder)}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SettlementError(
+            f"no statement for {holder!r} in period {period} at {path}; settle the period first, "
+            "or check the holder id (e.g. 'contributor:alice')"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise SettlementError(
+            f"statement {path} is not valid JSON ({exc}); write the statements again"
+        ) from exc
+    return Statement.from_dict(data)
+
+
+def find_statement(statements_dir: Path, period: str, holder: str) -> Statement:
+    """Like ``load_statement``, but ``holder`` may also be a bare id (``alice``) when only one kind
+    of holder by that name has a statement in the period."""
+    if ":" in holder:
+        return load_statement(statements_dir, period, holder)
+    kinds = (AccountKind.CONTRIBUTOR, AccountKind.PROVIDER, AccountKind.TRAINER)
+    folder = statements_dir / check_period(period)
+    found = [
+        f"{k.value}:{holder}"
+        for k in kinds
+        if (folder / f"{statement_filename(f'{k.value}:{holder}')}.json").is_file()
+    ]
+    if len(found) > 1:
+        raise SettlementError(
+            f"{holder!r} has statements as {', '.join(found)} in period {period}; name the one you mean"
+        )
+    if not found:
+        raise SettlementError(
+            f"no statement for {holder!r} in period {period} under {folder}; settle the period first, or "
+            "check the holder id (e.g. 'alice' or 'contributor:alice')"
+        )
+    return load_statement(statements_dir, period, found[0])

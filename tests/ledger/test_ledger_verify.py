@@ -1,0 +1,128 @@
+"""verify_ledger: every named check passes on honest books and fails on a rogue row."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from databright.db import ExchangeDB
+from databright.errors import LedgerInvariantBroken
+from databright.ledger import (
+    COMPUTE_POOL,
+    DATA_POOL,
+    ESCROW,
+    EXCHANGE_FEE,
+    Ledger,
+    Transfer,
+    TransferCode,
+    deposit,
+    escrow_job_payment,
+    verify_ledger,
+)
+
+
+def add_job_row(db: ExchangeDB, job_id: str, payment: int) -> None:
+    with db.transaction() as con:
+        con.execute(
+            "INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment, status, "
+            "created_at) VALUES (?, '2026-11', 'acme', 'census', 1, 'tabular_logreg', ?, 'completed', ?)",
+            [job_id, payment, dt.datetime.now(dt.UTC)],
+        )
+
+
+def settle_by_hand(db: ExchangeDB, job_id: str, payment: int) -> None:
+    """The transfers settlement posts for one job, split 70/20/10 to one owner and one provider."""
+    data, compute, fee = payment * 7 // 10, payment * 2 // 10, payment - payment * 9 // 10
+    legs = [
+        (ESCROW, DATA_POOL, data, TransferCode.SETTLE_DATA),
+        (ESCROW, COMPUTE_POOL, compute, TransferCode.SETTLE_COMPUTE),
+        (ESCROW, EXCHANGE_FEE, fee, TransferCode.SETTLE_FEE),
+        (DATA_POOL, "contributor:alice", data, TransferCode.PAYOUT),
+        (COMPUTE_POOL, "provider:p1", compute, TransferCode.PAYOUT),
+    ]
+    transfers = [
+        Transfer.create(
+            {"job": job_id, "leg": n},
+            debit_account=d,
+            credit_account=c,
+            amount=a,
+            code=code,
+            period="2026-11",
+            settlement_id="settlement:2026-11",
+            job_id=job_id,
+        )
+        for n, (d, c, a, code) in enumerate(legs)
+    ]
+    with db.transaction() as con:
+        Ledger(db).post(con, transfers)
+
+
+@pytest.fixture
+def books(memory_db: ExchangeDB) -> ExchangeDB:
+    deposit(memory_db, "acme", 3_000_000, reference="w")
+    for job_id, payment in (("j-1", 1_000_000), ("j-2", 500_000), ("j-3", 250_000)):
+        add_job_row(memory_db, job_id, payment)
+        escrow_job_payment(memory_db, trainer_id="acme", job_id=job_id, period="2026-11", amount=payment)
+    settle_by_hand(memory_db, "j-1", 1_000_000)
+    settle_by_hand(memory_db, "j-2", 500_000)
+    return memory_db
+
+
+def rogue(db: ExchangeDB, debit: str, credit: str, amount: int, job_id: str | None, code: int = 6) -> None:
+    db.query(
+        "INSERT INTO transfers VALUES (?, ?, ?, ?, 1, ?, '2026-11', 'rogue', ?, 'inserted by hand', ?)",
+        [f"{'f' * 60}{amount % 9999:04d}", debit, credit, amount, code, job_id, dt.datetime.now(dt.UTC)],
+    )
+
+
+def test_empty_ledger_is_consistent(memory_db):
+    report = verify_ledger(memory_db)
+    assert report.ok
+    assert report.failures == ()
+
+
+def test_honest_books_pass_with_readable_lines(books):
+    report = verify_ledger(books)
+    assert report.ok, str(report)
+    text = str(report)
+    assert "[ok] transfers balanced per ledger: 1 ledger, 14 transfers" in text
+    assert "job j-1: payouts 1 000 000 = payment 1 000 000" in text
+    assert "job j-2: payouts 500 000 = payment 500 000" in text
+    assert "escrow holds 250 000 = payments of 1 unsettled job" in text
+    assert "data pool and compute pool net to zero after payouts" in text
+    assert {c.name for c in report.checks} == {
+        "ledger_balance",
+        "flagged_non_negative",
+        "job_conservation",
+        "pools_empty",
+        "escrow",
+    }
+    assert report.raise_if_broken() is report
+
+
+def test_money_from_an_unknown_account_unbalances_the_ledger(books):
+    rogue(books, "mint", "contributor:alice", 5_000, None)
+    report = verify_ledger(books)
+    assert not report.ok
+    [failure] = report.failures
+    assert failure.name == "ledger_balance"
+    assert failure.detail == "ledger 1 out of balance by 5 000; legs on accounts not open on it: mint"
+    with pytest.raises(LedgerInvariantBroken, match="1 ledger invariant"):
+        report.raise_if_broken()
+
+
+def test_a_rogue_payout_breaks_conservation_and_the_pools(books):
+    rogue(books, DATA_POOL, "contributor:alice", 70_000, "j-1")
+    failures = {c.name: c.detail for c in verify_ledger(books).failures}
+    assert failures["flagged_non_negative"].startswith("account data_pool is overdrawn: balance -70 000")
+    assert failures["job_conservation"] == "job j-1: data pool keeps -70 000 of it"
+    assert failures["pools_empty"].startswith("data_pool holds -70 000")
+    assert "ledger_balance" not in failures
+
+
+def test_a_rogue_settlement_leg_breaks_conservation_and_escrow(books):
+    rogue(books, ESCROW, EXCHANGE_FEE, 1, "j-3", code=int(TransferCode.SETTLE_FEE))
+    failures = {c.name: c.detail for c in verify_ledger(books).failures}
+    assert failures["job_conservation"] == "job j-3: payouts 1 != payment 250 000"
+    assert failures["escrow"] == "escrow holds 249 999 but the payments of 0 unsettled jobs sum to 0"
