@@ -19,11 +19,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from databright.errors import ConfigError
+
+if TYPE_CHECKING:
+    from databright.db import ExchangeDB
+    from databright.settlement.policy import AllocationPolicy
+    from databright.storage.objectstore import LocalObjectStore
+    from databright.trust import AttestationPolicy, UsageReceipt
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +47,9 @@ class Settings:
     project_root: Path = PROJECT_ROOT
     period: str = ""
     db_lock_retries: int = 8
+
+    # A file that marks a folder as a DataBright home, so tools only ever delete homes they made.
+    MARKER: ClassVar[str] = ".databright-home"
 
     # --- where things live -------------------------------------------------------------------
     @property
@@ -102,10 +112,46 @@ class Settings:
         return Settings(home=self.home, project_root=self.project_root, period=period)
 
     def ensure_dirs(self) -> Settings:
-        for path in (self.home, self.store_dir, self.workspace_dir, self.keys_dir,
-                     self.prefect_home, self.statements_dir):
+        for path in (
+            self.home,
+            self.store_dir,
+            self.workspace_dir,
+            self.keys_dir,
+            self.prefect_home,
+            self.statements_dir,
+        ):
             path.mkdir(parents=True, exist_ok=True)
+        (self.home / self.MARKER).touch()
         return self
+
+    # --- backends --------------------------------------------------------------------------
+    def exchange_db(self) -> ExchangeDB:
+        from databright.db import ExchangeDB
+
+        return ExchangeDB(self.db_path, retries=self.db_lock_retries)
+
+    def object_store(self) -> LocalObjectStore:
+        from databright.storage.objectstore import LocalObjectStore
+
+        return LocalObjectStore(self.store_dir)
+
+    def attestation_policy(self) -> AttestationPolicy:
+        from databright.trust import AttestationPolicy
+
+        return AttestationPolicy.load(self.attestation_policy_path)
+
+    def allocation_policy(self) -> AllocationPolicy:
+        from databright.settlement.policy import AllocationPolicy
+
+        return AllocationPolicy.load(self.allocation_policy_path)
+
+    def receipt_verifier(self, db: ExchangeDB) -> Callable[[dict], UsageReceipt]:
+        """What settlement uses to check a receipt: its signature, attestation result and evidence."""
+        from databright.trust import load_verifier_key, verify_usage_receipt
+
+        store = self.object_store()
+        verifier_public_key = load_verifier_key(self.keys_dir).public_key
+        return lambda envelope: verify_usage_receipt(db, store, verifier_public_key, envelope)
 
     def prefect_env(self) -> dict[str, str]:
         """Environment Prefect must see before it is imported (set by the CLI, not by the library)."""

@@ -44,9 +44,9 @@ def _reject_non_finite(obj: Any) -> Any:
 def canonical_json(obj: Any) -> bytes:
     """The one byte encoding of a JSON value that DataBright hashes and signs."""
     _reject_non_finite(obj)
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 def sha256(data: bytes) -> bytes:
@@ -125,22 +125,25 @@ class SigningKey:
     def load_or_create(cls, path: Path) -> SigningKey:
         if path.exists():
             try:
-                key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+                loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
             except ValueError as exc:
                 raise ConfigError(f"{path} is not a PEM private key; delete it to make a new one") from exc
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ConfigError(f"{path} holds a {type(key).__name__}, expected Ed25519")
-            return cls(key)
-        key = cls.generate()
+            if not isinstance(loaded, Ed25519PrivateKey):
+                raise ConfigError(f"{path} holds a {type(loaded).__name__}, expected Ed25519")
+            return cls(loaded)
+        created = cls.generate()
         path.parent.mkdir(parents=True, exist_ok=True)
-        pem = key._key.private_bytes(
+        pem = created._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+        # Written under a temporary name with owner-only permissions, then renamed: a crash never
+        # leaves a half-written key, and the key is never readable by others, even briefly.
         tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.touch(mode=0o600)
         tmp.write_bytes(pem)
-        tmp.chmod(0o600)
         tmp.replace(path)
-        return key
+        return created
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)

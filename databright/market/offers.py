@@ -60,14 +60,21 @@ def register_provider(db: ExchangeDB, provider: Provider) -> Provider:
             """INSERT INTO providers VALUES (?, ?, ?, ?, ?)
                ON CONFLICT (provider_id) DO UPDATE SET price_per_unit = excluded.price_per_unit,
                    capacity = excluded.capacity, tee_type = excluded.tee_type""",
-            [provider.provider_id, provider.price_per_unit, provider.capacity, provider.tee_type,
-             dt.datetime.now(dt.UTC)],
+            [
+                provider.provider_id,
+                provider.price_per_unit,
+                provider.capacity,
+                provider.tee_type,
+                dt.datetime.now(dt.UTC),
+            ],
         )
     return provider
 
 
 def list_providers(db: ExchangeDB) -> list[Provider]:
-    rows = db.query("SELECT provider_id, price_per_unit, capacity, tee_type FROM providers ORDER BY provider_id")
+    rows = db.query(
+        "SELECT provider_id, price_per_unit, capacity, tee_type FROM providers ORDER BY provider_id"
+    )
     return [Provider(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
 
 
@@ -75,8 +82,17 @@ def open_offer(db: ExchangeDB, offer: Offer) -> Offer:
     with db.transaction() as con:
         con.execute(
             "INSERT INTO offers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [offer.offer_id, offer.provider_id, offer.session_public_key, offer.attestation_result_id,
-             offer.assurance, offer.price_per_unit, offer.capacity, offer.status, dt.datetime.now(dt.UTC)],
+            [
+                offer.offer_id,
+                offer.provider_id,
+                offer.session_public_key,
+                offer.attestation_result_id,
+                offer.assurance,
+                offer.price_per_unit,
+                offer.capacity,
+                offer.status,
+                dt.datetime.now(dt.UTC),
+            ],
         )
     return offer
 
@@ -87,8 +103,10 @@ def withdraw_offer(db: ExchangeDB, offer_id: str) -> None:
 
 
 def list_offers(db: ExchangeDB, *, status: str | None = None) -> list[Offer]:
-    sql = ("SELECT offer_id, provider_id, session_public_key, attestation_result_id, assurance, "
-           "price_per_unit, capacity, status FROM offers")
+    sql = (
+        "SELECT offer_id, provider_id, session_public_key, attestation_result_id, assurance, "
+        "price_per_unit, capacity, status FROM offers"
+    )
     params: list[object] = []
     if status:
         sql += " WHERE status = ?"

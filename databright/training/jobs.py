@@ -1,6 +1,20 @@
-"""Training jobs: what a trainer asked for, who ran it, what it cost, where its receipt is."""
+"""Training jobs: what a trainer asked for, who ran it, what it cost, where its receipt is.
+
+A job's life: ``submitted`` (row written) → ``escrowed`` (its payment moved from the trainer to
+escrow) → ``completed`` (the signed receipt and the model are in the object store) or ``failed``
+(the escrow refunded). Only completed jobs are settled.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+
+from databright.db import ExchangeDB
+from databright.errors import DatabrightError, TrainingError
+from databright.storage.objectstore import ObjectStore
 
 DDL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -13,11 +27,158 @@ CREATE TABLE IF NOT EXISTS jobs (
     payment         HUGEINT NOT NULL CHECK (payment > 0),   -- minor units, escrowed at submit
     provider_id     VARCHAR,
     offer_id        VARCHAR,
-    status          VARCHAR NOT NULL,                       -- escrowed | completed | failed
+    status          VARCHAR NOT NULL,                       -- submitted | escrowed | completed | failed
     receipt_key     VARCHAR,
     model_key       VARCHAR,
     model_digest    VARCHAR,
     work_units      BIGINT,
+    error           VARCHAR,
     created_at      TIMESTAMPTZ NOT NULL
 );
 """
+
+_COLUMNS = (
+    "job_id, period, trainer_id, dataset, dataset_version, task, payment, provider_id, offer_id, "
+    "status, receipt_key, model_key, model_digest, work_units, error"
+)
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    job_id: str
+    period: str
+    trainer_id: str
+    dataset: str
+    dataset_version: int
+    task: str
+    payment: int
+    provider_id: str | None
+    offer_id: str | None
+    status: str
+    receipt_key: str | None = None
+    model_key: str | None = None
+    model_digest: str | None = None
+    work_units: int | None = None
+    error: str | None = None
+
+
+def _row_to_job(row: tuple[object, ...]) -> TrainingJob:
+    values = list(row)
+    values[4] = int(values[4])  # type: ignore[call-overload]
+    values[6] = int(values[6])  # type: ignore[call-overload]
+    if values[13] is not None:
+        values[13] = int(values[13])  # type: ignore[call-overload]
+    return TrainingJob(*values)  # type: ignore[arg-type]
+
+
+def get_job(db: ExchangeDB, job_id: str) -> TrainingJob:
+    rows = db.query(f"SELECT {_COLUMNS} FROM jobs WHERE job_id = ?", [job_id])
+    if not rows:
+        raise TrainingError(f"no job {job_id!r}; `databright train` prints the ids of the jobs it runs")
+    return _row_to_job(rows[0])
+
+
+def list_jobs(db: ExchangeDB, *, period: str | None = None) -> list[TrainingJob]:
+    sql, params = f"SELECT {_COLUMNS} FROM jobs", []
+    if period:
+        sql, params = sql + " WHERE period = ?", [period]
+    return [_row_to_job(r) for r in db.query(sql + " ORDER BY created_at, job_id", params)]
+
+
+def submit_job(
+    db: ExchangeDB,
+    *,
+    period: str,
+    trainer_id: str,
+    dataset: str,
+    dataset_version: int,
+    task: str,
+    payment: int,
+    provider_id: str,
+    offer_id: str,
+) -> TrainingJob:
+    """Write the job, then escrow its payment; a trainer who cannot pay leaves a ``failed`` job."""
+    from databright.ledger import escrow_job_payment
+
+    job = TrainingJob(
+        job_id=f"job-{uuid.uuid4().hex[:16]}",
+        period=period,
+        trainer_id=trainer_id,
+        dataset=dataset,
+        dataset_version=dataset_version,
+        task=task,
+        payment=payment,
+        provider_id=provider_id,
+        offer_id=offer_id,
+        status="submitted",
+    )
+    with db.transaction() as con:
+        con.execute(
+            f"INSERT INTO jobs ({_COLUMNS}, created_at) VALUES ({', '.join(['?'] * 16)})",
+            [
+                job.job_id,
+                period,
+                trainer_id,
+                dataset,
+                dataset_version,
+                task,
+                payment,
+                provider_id,
+                offer_id,
+                "submitted",
+                None,
+                None,
+                None,
+                None,
+                None,
+                dt.datetime.now(dt.UTC),
+            ],
+        )
+    try:
+        escrow_job_payment(db, trainer_id=trainer_id, job_id=job.job_id, period=period, amount=payment)
+    except DatabrightError as exc:
+        _set_status(db, job.job_id, "failed", error=str(exc))
+        raise
+    _set_status(db, job.job_id, "escrowed")
+    return get_job(db, job.job_id)
+
+
+def _set_status(db: ExchangeDB, job_id: str, status: str, *, error: str | None = None) -> None:
+    with db.transaction() as con:
+        con.execute("UPDATE jobs SET status = ?, error = ? WHERE job_id = ?", [status, error, job_id])
+
+
+def complete_job(
+    db: ExchangeDB,
+    store: ObjectStore,
+    job: TrainingJob,
+    *,
+    receipt_envelope: dict[str, object],
+    model_bytes: bytes,
+    model_digest: str,
+    work_units: int,
+) -> TrainingJob:
+    """Archive the signed receipt and the model, then mark the job completed (settlement reads it)."""
+    receipt_key = f"receipts/{job.period}/{job.job_id}.dsse.json"
+    model_key = f"models/{job.job_id}/{model_digest}.pt"
+    store.put_bytes(model_key, model_bytes)
+    store.put_bytes(receipt_key, json.dumps(receipt_envelope, sort_keys=True, indent=2).encode("utf-8"))
+    with db.transaction() as con:
+        con.execute(
+            """UPDATE jobs SET status = 'completed', receipt_key = ?, model_key = ?, model_digest = ?,
+               work_units = ? WHERE job_id = ? AND status = 'escrowed'""",
+            [receipt_key, model_key, model_digest, work_units, job.job_id],
+        )
+    return get_job(db, job.job_id)
+
+
+def fail_job(db: ExchangeDB, job: TrainingJob, error: str) -> TrainingJob:
+    """Mark a job failed and give its escrowed payment back to the trainer."""
+    from databright.ledger import refund_job_payment
+
+    if job.status == "escrowed":
+        refund_job_payment(
+            db, trainer_id=job.trainer_id, job_id=job.job_id, period=job.period, amount=job.payment
+        )
+    _set_status(db, job.job_id, "failed", error=error)
+    return get_job(db, job.job_id)

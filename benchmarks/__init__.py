@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side measurements written as JSON to ``benchmarks/results/``."""

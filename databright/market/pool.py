@@ -1,0 +1,118 @@
+"""``LocalPool``: the providers' worker processes on this machine, attested and offering work.
+
+Entering the pool starts one ``WorkerProcess`` per registered provider. Each worker makes its own
+Ed25519 session key inside its process; the exchange's verifier issues a fresh nonce; the worker's
+attester binds the enclave task's measurement, the session key and the nonce into evidence; the
+verifier appraises it against the attestation policy; only then is the provider's offer opened.
+Leaving the pool stops the workers and withdraws their offers, so no offer outlives its session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from databright.config import Settings
+from databright.crypto import PublicKey
+from databright.db import ExchangeDB
+from databright.errors import MarketError
+from databright.market.offers import Offer, Provider, open_offer, withdraw_offer
+from databright.training.spec import JobOutcome, JobSpec
+from databright.training.worker import WorkerProcess
+from databright.trust import AttestationResult, SimulatedVerifier, provision_platform
+
+
+@dataclass(frozen=True)
+class PoolMember:
+    provider: Provider
+    offer: Offer
+    attestation: AttestationResult
+
+
+class LocalPool:
+    def __init__(
+        self, settings: Settings, db: ExchangeDB, providers: Sequence[Provider], *, task: str
+    ) -> None:
+        if not providers:
+            raise MarketError(
+                "no providers are registered, so the pool is empty; register one with "
+                "`databright worker register` (the demo registers two)"
+            )
+        self.settings = settings
+        self.db = db
+        self.providers = list(providers)
+        self.task = task
+        self.members: dict[str, PoolMember] = {}
+        self._workers: dict[str, WorkerProcess] = {}
+
+    def __enter__(self) -> LocalPool:
+        try:
+            self._start_and_attest()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _start_and_attest(self) -> None:
+        for provider in self.providers:
+            platform = provision_platform(self.settings.keys_dir, provider.provider_id)
+            worker = WorkerProcess(
+                provider.provider_id, platform.key_path, platform.endorsement, self.settings.enclave_tasks_dir
+            )
+            self._workers[provider.provider_id] = worker
+            worker.start()  # children boot side by side; attestation below waits for each
+        verifier = SimulatedVerifier.from_settings(self.settings, self.db, self.settings.object_store())
+        for provider in self.providers:
+            worker = self._workers[provider.provider_id]
+            nonce = verifier.issue_nonce()
+            evidence = worker.attest(self.task, nonce)
+            assert worker.session_public_key is not None
+            result, _ = verifier.appraise(
+                evidence,
+                session_public_key=PublicKey.from_hex(worker.session_public_key),
+                nonce=nonce,
+                task=self.task,
+                provider_id=provider.provider_id,
+            )
+            offer = open_offer(
+                self.db,
+                Offer(
+                    offer_id=f"offer-{result.result_id.removeprefix('ar-')[:16]}",
+                    provider_id=provider.provider_id,
+                    session_public_key=result.session_public_key,
+                    attestation_result_id=result.result_id,
+                    assurance=result.assurance,
+                    price_per_unit=provider.price_per_unit,
+                    capacity=provider.capacity,
+                    status="open",
+                ),
+            )
+            self.members[provider.provider_id] = PoolMember(provider, offer, result)
+
+    @property
+    def offers(self) -> list[Offer]:
+        return [m.offer for m in self.members.values()]
+
+    def member(self, offer: Offer) -> PoolMember:
+        for m in self.members.values():
+            if m.offer.offer_id == offer.offer_id:
+                return m
+        raise MarketError(f"offer {offer.offer_id} is not in this pool; choose among pool.offers")
+
+    def run(self, offer: Offer, spec: JobSpec) -> JobOutcome:
+        """Run a job on the worker behind ``offer`` (the one whose session was attested)."""
+        return self._workers[self.member(offer).provider.provider_id].run(spec)
+
+    def close(self) -> None:
+        for member in self.members.values():
+            withdraw_offer(self.db, member.offer.offer_id)
+        for worker in self._workers.values():
+            worker.stop()
+        self.members.clear()
+        self._workers.clear()

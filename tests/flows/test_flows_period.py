@@ -1,0 +1,97 @@
+"""A whole period through the real flows: what each stage left behind, and the money rules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from databright.cli import app
+from databright.datasets import Registry
+from databright.ledger import verify_ledger
+from databright.money import parse_amount
+from databright.trust import load_verifier_key, parse_receipt, verify_usage_receipt
+
+pytestmark = pytest.mark.integration
+
+PERIOD = "2026-11"  # the period tests/flows/conftest.py settles
+
+
+def transfers_table(settings):
+    return settings.exchange_db().query("SELECT * FROM transfers ORDER BY transfer_id")
+
+
+def test_ingest_flow_quarantines_dedups_and_versions(demo_period, exchange_home):
+    by_owner = {r.owner: r for r in demo_period.ingests}
+    assert by_owner["alice"].accepted == 400 and by_owner["alice"].duplicates_refused == 0
+    # bob's three planted rows: a missing label, a feature out of range, a label outside {0, 1}
+    assert by_owner["bob"].quarantined_rows == 3
+    assert {q.column for q in by_owner["bob"].report.quarantined} == {"label", "f2"}
+    # carol's copies of alice's rows are refused; credit stays with alice
+    assert by_owner["carol"].duplicates_refused == demo_period.synthetic.planted_duplicates["carol"]
+    latest = Registry(exchange_home.exchange_db()).get_version("tabular-demo")
+    assert latest.version == 3
+    assert latest.owner_counts == {"alice": 400, "bob": 400, "carol": 60}
+    # the version is in the DVC remote (the local object store)
+    assert any((exchange_home.dvc_remote_dir).rglob("*")), "DVC pushed nothing to the remote"
+
+
+def test_train_flow_runs_cheapest_attested_offer_and_stores_a_valid_receipt(demo_period, exchange_home):
+    job = demo_period.job
+    assert job.status == "completed"
+    assert job.provider_id == "north-gpu"  # cheaper of the two providers, both fit the budget
+    store = exchange_home.object_store()
+    envelope = json.loads(store.get_bytes(job.receipt_key))
+    db = exchange_home.exchange_db()
+    receipt = verify_usage_receipt(db, store, load_verifier_key(exchange_home.keys_dir).public_key, envelope)
+    assert receipt.assurance == "simulated"
+    assert receipt.dataset_version == 3
+    assert {o: u.rows_used for o, u in receipt.owners.items()} == {"alice": 400, "bob": 400, "carol": 60}
+    assert receipt.work_units == job.work_units == sum(u.visits for u in receipt.owners.values()) * 9
+
+
+def test_settle_flow_pays_clean_data_more_than_noisy_data(demo_period):
+    settlement = demo_period.settlement
+    totals = settlement.totals
+    assert settlement.state == "posted"
+    assert settlement.assurance == "simulated"
+    assert totals["contributor:alice"] > totals["contributor:bob"] > 0
+    assert sum(totals.values()) == parse_amount("10")  # every minor unit of the payment is accounted for
+
+
+def test_ledger_verify_passes_after_the_period(demo_period, exchange_home):
+    report = verify_ledger(exchange_home.exchange_db())
+    assert report.ok, report.failures
+    result = CliRunner().invoke(app, ["ledger", "verify"])
+    assert result.exit_code == 0, result.output
+    assert "balanced per ledger" in result.output
+    assert "payouts 10 000 000 = payment 10 000 000" in result.output
+
+
+def test_settling_the_same_period_again_changes_nothing(demo_period, exchange_home):
+    from flows.settle import SettleConfig, settle_flow
+
+    before = transfers_table(exchange_home)
+    again = settle_flow(SettleConfig(period=PERIOD))
+    assert transfers_table(exchange_home) == before
+    assert again.allocation_root == demo_period.settlement.allocation_root
+    assert again.inputs_digest == demo_period.settlement.inputs_digest
+
+
+def test_statements_say_simulated_and_match_the_ledger(demo_period, exchange_home):
+    result = CliRunner().invoke(app, ["statement", "alice", "--period", PERIOD, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["assurance"] == "simulated"
+    assert data["total"] == demo_period.settlement.totals["contributor:alice"]
+    text = CliRunner().invoke(app, ["statement", "contributor:alice", "--period", PERIOD]).output
+    assert "simulated" in text
+
+
+def test_receipt_names_every_record_the_job_read(demo_period, exchange_home):
+    store = exchange_home.object_store()
+    receipt = parse_receipt(json.loads(store.get_bytes(demo_period.job.receipt_key)))
+    latest = Registry(exchange_home.exchange_db()).get_version("tabular-demo")
+    assert receipt.dataset_merkle_root == latest.merkle_root
+    assert sum(u.rows_used for u in receipt.owners.values()) == latest.record_count

@@ -1,0 +1,51 @@
+"""The command line: errors are one line, ``ErrorName: message``, exit 1, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from databright.cli import app
+
+
+@pytest.fixture
+def runner(settings, monkeypatch) -> CliRunner:
+    monkeypatch.setenv("DATABRIGHT_HOME", str(settings.home))
+    monkeypatch.setenv("DATABRIGHT_PERIOD", settings.period)
+    return CliRunner()
+
+
+def test_unknown_dataset_is_one_line_and_exit_1(runner):
+    result = runner.invoke(app, ["dataset", "show", "no-such-data"])
+    assert result.exit_code == 1
+    assert result.output.startswith("UnknownDataset: ")
+    assert "Traceback" not in result.output
+
+
+def test_statement_for_an_unsettled_period_names_the_fix(runner):
+    result = runner.invoke(app, ["statement", "alice"])
+    assert result.exit_code == 1
+    assert result.output.startswith("SettlementError: ")
+    assert "settle the period first" in result.output
+
+
+def test_bad_period_setting_is_a_config_error(runner, monkeypatch):
+    monkeypatch.setenv("DATABRIGHT_PERIOD", "November")
+    result = runner.invoke(app, ["ledger", "verify"])
+    assert result.exit_code == 1
+    assert result.output.startswith("ConfigError: DATABRIGHT_PERIOD='November'")
+
+
+def test_ledger_verify_on_an_empty_exchange_passes(runner):
+    result = runner.invoke(app, ["ledger", "verify"])
+    assert result.exit_code == 0, result.output
+    assert "balanced per ledger" in result.output
+
+
+def test_enclave_measure_prints_the_policy_measurement(runner, settings):
+    from databright.trust import AttestationPolicy
+
+    result = runner.invoke(app, ["enclave", "measure", "tabular_logreg"])
+    assert result.exit_code == 0, result.output
+    policy = AttestationPolicy.load(settings.attestation_policy_path)
+    assert result.output.strip() in policy.measurements["tabular_logreg"]
