@@ -3,6 +3,7 @@
 #   make test   set up .venv, then lint (ruff), type-check (mypy) and run the whole test suite
 #   make bench  run the benchmarks in benchmarks/ and write JSON results
 #   make lint   ruff + mypy only
+#   make repro  `dvc repro`: the demo period as a DVC pipeline (dvc.yaml, params.yaml)
 
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -19,7 +20,7 @@ UV_SYNC := $(UV) sync --frozen --python $(PYTHON) $(if $(FIND_LINKS),--find-link
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench repro clean
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -40,8 +41,11 @@ lint: $(VENV)/.synced
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+repro: $(VENV)/.synced
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
 bench: $(VENV)/.synced
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .tools .databright .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .databright .databright-repro .pytest_cache .mypy_cache .ruff_cache

@@ -85,6 +85,9 @@ def demo(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic period")] = 7,
     period: Annotated[str, typer.Option(help="Settlement period, YYYY-MM")] = "2026-11",
+    out: Annotated[
+        Path | None, typer.Option(help="Also export metrics.json, ledger.csv and statements/ here")
+    ] = None,
 ) -> None:
     """Run one whole exchange period on synthetic data: ingest → train → settle → statements."""
     settings = _settings(period)
@@ -94,6 +97,28 @@ def demo(
 
     report = run_demo(settings, seed=seed, fresh=fresh, console=console)
     render_earnings(report.ingests, report.settlement, settings.statements_dir, console)
+    if out is not None:
+        from databright.settlement import export_period
+
+        written = export_period(settings.exchange_db(), report.settlement, settings.statements_dir, out)
+        console.print("exported " + ", ".join(str(p) for p in written.values()))
+
+
+@app.command()
+@reports_errors
+def synthesize(
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder for the contributors' CSV files and validation.csv")
+    ],
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic period")] = 7,
+) -> None:
+    """Write the demo's synthetic contributions (alice, bob, carol) and validation file."""
+    from databright.datasets.synthetic import make_period
+
+    period = make_period(out_dir, seed=seed)
+    for owner, path in period.contributions.items():
+        console.print(f"{owner:<6} {path}")
+    console.print(f"{'valid.':<6} {period.validation}")
 
 
 # --- datasets ---------------------------------------------------------------------------------
@@ -154,6 +179,23 @@ def dataset_show(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION"
 
 
 # --- workers ------------------------------------------------------------------------------------
+
+
+@worker_app.command("register")
+@reports_errors
+def worker_register(
+    provider: Annotated[str, typer.Option(help="Provider id")],
+    price: Annotated[str, typer.Option(help="Price per attested work unit in DBX, e.g. 0.000003")],
+    capacity: Annotated[int, typer.Option(help="Most work units one job may use", min=1)],
+) -> None:
+    """Register a hardware provider; the train flow starts and attests its worker on demand."""
+    from databright.market import Provider, register_provider
+
+    registered = register_provider(_settings().exchange_db(), Provider(provider, _amount(price), capacity))
+    console.print(
+        f"provider {registered.provider_id}: {format_amount(registered.price_per_unit)} per work unit, "
+        f"capacity {registered.capacity:,}"
+    )
 
 
 @worker_app.command("list")

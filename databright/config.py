@@ -13,6 +13,7 @@ writes on one machine::
       keys/               exchange keys (verifier, simulated vendor root and platform)
       prefect/            PREFECT_HOME: Prefect's SQLite database and settings
       statements/         per-period statements (text and JSON)
+      ingest.lock         serialises ingests (dedup and versioning must see one another)
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ offending value, and what to do next. The CLI prints ``ErrorName: message`` and 
     ├── IntegrityError                   a digest or Merkle root does not match the data
     ├── AttestationError                 evidence failed appraisal (carries a reason code)
     ├── ReceiptRejected                  a usage receipt failed signature or attestation checks
+    ├── ValuationError (ValueError)      valuation inputs are unusable (shapes, labels, k)
     ├── MarketError
     │   └── NoOfferFits                  no attested offer fits the job's budget
     ├── TrainingError                    the enclave task failed

@@ -14,8 +14,8 @@ from databright.datasets import DatasetVersion, Registry
 from databright.market import choose_offer, list_providers
 from databright.market.pool import LocalPool
 from databright.money import format_amount
-from databright.training.jobs import TrainingJob, submit_job
-from databright.training.service import execute_job, quote_job
+from databright.training.jobs import TrainingJob, job_id_for, refuse_resubmission, submit_job
+from databright.training.service import execute_job, quote_job, validation_digest
 
 
 class TrainConfig(BaseModel):
@@ -28,6 +28,11 @@ class TrainConfig(BaseModel):
     trainer: str = Field(description="Trainer id whose account pays", min_length=1, max_length=64)
     task: str = Field("tabular_logreg", description="Enclave task to run")
     seed: int = Field(11, description="Training seed", ge=0)
+    request_id: str = Field(
+        "",
+        description="Idempotency key: the same request with the same key is one job, never two",
+        max_length=64,
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -38,11 +43,21 @@ def resolve_version(settings: Settings, config: TrainConfig) -> DatasetVersion:
 @task(cache_policy=NO_CACHE)
 def run_on_pool(settings: Settings, config: TrainConfig, version: DatasetVersion) -> TrainingJob:
     db = settings.exchange_db()
+    job_id = job_id_for(
+        {
+            **config.model_dump(exclude={"validation", "version"}),
+            "period": settings.period,
+            "dataset_version": version.version,
+            "validation_sha256": validation_digest(Path(config.validation)),
+        }
+    )
+    refuse_resubmission(db, job_id)  # before the pool starts: a duplicate costs nothing
     quote = quote_job(settings, version, task=config.task, payment=config.payment)
     with LocalPool(settings, db, list_providers(db), task=config.task) as pool:
         offer = choose_offer(pool.offers, quote)
         job = submit_job(
             db,
+            job_id=job_id,
             period=settings.period,
             trainer_id=config.trainer,
             dataset=version.dataset,

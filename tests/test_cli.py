@@ -49,3 +49,32 @@ def test_enclave_measure_prints_the_policy_measurement(runner, settings):
     assert result.exit_code == 0, result.output
     policy = AttestationPolicy.load(settings.attestation_policy_path)
     assert result.output.strip() in policy.measurements["tabular_logreg"]
+
+
+def test_worker_register_then_list(runner):
+    result = runner.invoke(
+        app, ["worker", "register", "--provider", "p1", "--price", "0.000003", "--capacity", "1000"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "0.000003 DBX per work unit" in result.output
+    listed = runner.invoke(app, ["worker", "list"])
+    assert "p1" in listed.output and "1,000" in listed.output
+
+
+def test_worker_register_refuses_a_float_price_with_too_many_decimals(runner):
+    result = runner.invoke(
+        app, ["worker", "register", "--provider", "p1", "--price", "0.0000001", "--capacity", "5"]
+    )
+    assert result.exit_code != 0
+    assert "more than 6 decimals" in result.output
+
+
+def test_synthesize_writes_three_contributions_and_a_validation_file(runner, tmp_path):
+    result = runner.invoke(app, ["synthesize", str(tmp_path / "inputs"), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "inputs").iterdir()) == [
+        "alice.csv",
+        "bob.csv",
+        "carol.csv",
+        "validation.csv",
+    ]

@@ -28,6 +28,7 @@ from databright.settlement.allocation import (
     allocate_job,
     allocation_root,
 )
+from databright.settlement.exports import export_period
 from databright.settlement.period import completed_jobs, inputs_digest, settle_period, settlement_transfers
 from databright.settlement.policy import AllocationPolicy, format_amount
 from databright.settlement.result import Settlement, check_period
@@ -56,6 +57,7 @@ __all__ = [
     "build_statements",
     "check_period",
     "completed_jobs",
+    "export_period",
     "find_statement",
     "format_amount",
     "inputs_digest",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import uuid
 from dataclasses import dataclass
 
+from databright.crypto import digest_json
 from databright.db import ExchangeDB
 from databright.errors import DatabrightError, TrainingError
 from databright.storage.objectstore import ObjectStore
@@ -85,9 +85,26 @@ def list_jobs(db: ExchangeDB, *, period: str | None = None) -> list[TrainingJob]
     return [_row_to_job(r) for r in db.query(sql + " ORDER BY created_at, job_id", params)]
 
 
+def job_id_for(request: dict[str, object]) -> str:
+    """A job's id is the digest of what was asked for: submitting the same request twice (a retry,
+    a double click) names the same job, so it can never be escrowed or paid twice."""
+    return f"job-{digest_json(request)[:24]}"
+
+
+def refuse_resubmission(db: ExchangeDB, job_id: str) -> None:
+    rows = db.query("SELECT status FROM jobs WHERE job_id = ?", [job_id])
+    if rows:
+        raise TrainingError(
+            f"this exact request was already submitted as {job_id} (status {rows[0][0]}); to train again "
+            "on purpose, change the seed or pass a new request id",
+            job_id=job_id,
+        )
+
+
 def submit_job(
     db: ExchangeDB,
     *,
+    job_id: str,
     period: str,
     trainer_id: str,
     dataset: str,
@@ -98,10 +115,11 @@ def submit_job(
     offer_id: str,
 ) -> TrainingJob:
     """Write the job, then escrow its payment; a trainer who cannot pay leaves a ``failed`` job."""
+    refuse_resubmission(db, job_id)
     from databright.ledger import escrow_job_payment
 
     job = TrainingJob(
-        job_id=f"job-{uuid.uuid4().hex[:16]}",
+        job_id=job_id,
         period=period,
         trainer_id=trainer_id,
         dataset=dataset,

@@ -12,13 +12,23 @@ from databright.config import Settings
 from databright.crypto import digest_file
 from databright.datasets import DatasetVersion, load_contract, release_files
 from databright.db import ExchangeDB
-from databright.errors import DatabrightError, IntegrityError
+from databright.errors import DatabrightError, IntegrityError, TrainingError
 from databright.market.allocation import Quote
 from databright.market.offers import Offer
 from databright.market.pool import LocalPool
 from databright.training.jobs import TrainingJob, complete_job, fail_job
 from databright.training.spec import JobSpec
 from databright.trust import find_task, load_task_config
+
+
+def validation_digest(path: Path) -> str:
+    """sha256 of the trainer's validation file, which is part of what a job request names."""
+    if not path.is_file():
+        raise TrainingError(
+            f"validation file {path} does not exist; pass the CSV or Parquet file (feature and label "
+            "columns of the dataset's contract) that the model and the data are measured against"
+        )
+    return digest_file(path)
 
 
 def quote_job(
