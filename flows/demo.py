@@ -17,7 +17,7 @@ from databright.datasets import IngestResult
 from databright.datasets.synthetic import SyntheticPeriod, make_period
 from databright.errors import ConfigError
 from databright.ledger import deposit
-from databright.market import Provider, register_provider
+from databright.market import Provider, list_offers, register_provider
 from databright.money import parse_amount
 from databright.settlement import Settlement
 from databright.training.jobs import TrainingJob
@@ -104,6 +104,12 @@ def run_demo(
             )
         )
         outcome.append(_train_line(job))
+    for offer in list_offers(db):
+        console.print(
+            f"  [dim]pool:[/] {offer.provider_id} attested as {offer.attestation_result_id} "
+            f"(session key {offer.session_public_key[:12]}…, assurance: {offer.assurance}), "
+            f"{offer.price_per_unit} µDBX per work unit"
+        )
 
     with stage(f"settle {settings.period}") as outcome:
         settlement = settle_flow(SettleConfig(period=settings.period))

@@ -95,3 +95,47 @@ def test_receipt_names_every_record_the_job_read(demo_period, exchange_home):
     latest = Registry(exchange_home.exchange_db()).get_version("tabular-demo")
     assert receipt.dataset_merkle_root == latest.merkle_root
     assert sum(u.rows_used for u in receipt.owners.values()) == latest.record_count
+
+
+def test_the_same_training_request_twice_is_refused_before_any_escrow(demo_period, exchange_home):
+    from databright.errors import TrainingError
+    from databright.ledger import balance
+    from flows.demo import PAYMENT, TRAINER
+    from flows.train import TrainConfig, train_flow
+
+    db = exchange_home.exchange_db()
+    before = balance(db, f"trainer:{TRAINER}")
+    config = TrainConfig(
+        dataset="tabular-demo",
+        validation=str(demo_period.synthetic.validation),
+        payment=PAYMENT,
+        trainer=TRAINER,
+    )
+    with pytest.raises(TrainingError, match=f"already submitted as {demo_period.job.job_id}"):
+        train_flow(config)
+    assert balance(db, f"trainer:{TRAINER}") == before
+
+
+def test_a_budget_no_offer_fits_fails_with_the_quote_and_escrows_nothing(demo_period, exchange_home):
+    from databright.errors import NoOfferFits
+    from databright.ledger import balance
+    from databright.market import list_offers
+    from flows.demo import TRAINER
+    from flows.train import TrainConfig, train_flow
+
+    db = exchange_home.exchange_db()
+    before = balance(db, f"trainer:{TRAINER}")
+    jobs_before = db.query("SELECT count(*) FROM jobs")
+    config = TrainConfig(
+        dataset="tabular-demo",
+        validation=str(demo_period.synthetic.validation),
+        payment=1_000,
+        trainer=TRAINER,
+    )
+    with pytest.raises(NoOfferFits, match="raise the budget to at least"):
+        train_flow(config)
+    assert balance(db, f"trainer:{TRAINER}") == before
+    assert db.query("SELECT count(*) FROM jobs") == jobs_before
+    # the pool attested both providers, and withdrew their offers when it closed
+    assert {o.status for o in list_offers(db)} == {"withdrawn"}
+    assert {o.assurance for o in list_offers(db)} == {"simulated"}
