@@ -1,7 +1,8 @@
 """Money at the edges: decimal text in, integer minor units inside, decimal text out.
 
 DataBright keeps every amount as an integer number of minor units (1 DBX = 1 000 000 micro-DBX).
-Decimals appear only where a person types or reads an amount; floats never touch money.
+Decimals appear only where a person types or reads an amount; floats never touch money. This is
+the one place amounts are parsed and formatted.
 """
 
 from __future__ import annotations
@@ -10,28 +11,34 @@ from decimal import Decimal, InvalidOperation
 
 CURRENCY = "DBX"
 MINOR_UNITS = 1_000_000
-_DECIMALS = 6
 
 
-def parse_amount(text: str) -> int:
-    """``"12.5"`` → ``12_500_000`` minor units; refuses negatives and sub-micro precision."""
+def parse_amount(text: str, minor_units_per_unit: int = MINOR_UNITS) -> int:
+    """``"12.5"`` → ``12_500_000`` minor units; refuses negatives and sub-minor-unit precision."""
     try:
         value = Decimal(text.strip().replace("_", ""))
     except InvalidOperation as exc:
         raise ValueError(f"{text!r} is not an amount; write it like 12.5 ({CURRENCY})") from exc
     if not value.is_finite() or value <= 0:
         raise ValueError(f"{text!r} must be a positive amount of {CURRENCY}")
-    minor = value * MINOR_UNITS
+    minor = value * minor_units_per_unit
     if minor != minor.to_integral_value():
-        raise ValueError(f"{text!r} has more than {_DECIMALS} decimals; {CURRENCY} counts in micro-units")
+        decimals = len(str(minor_units_per_unit)) - 1
+        raise ValueError(f"{text!r} has more than {decimals} decimals; {CURRENCY} counts in minor units")
     return int(minor)
 
 
-def format_amount(minor: int, *, currency: bool = True) -> str:
-    """``12_500_000`` → ``"12.500000 DBX"``, by integer arithmetic only."""
+def format_amount(minor: int, currency: str = CURRENCY, minor_units_per_unit: int = MINOR_UNITS) -> str:
+    """``1_234_567`` → ``"1.234567 DBX"``: decimal text made from the int by integer arithmetic."""
     if isinstance(minor, bool) or not isinstance(minor, int):
-        raise TypeError(f"money is an int of minor units, got {type(minor).__name__}")
+        raise TypeError(f"amount {minor!r} is not an int of minor units")
+    decimals = len(str(minor_units_per_unit)) - 1
     sign = "-" if minor < 0 else ""
-    whole, frac = divmod(abs(minor), MINOR_UNITS)
-    text = f"{sign}{whole:,}.{frac:0{_DECIMALS}d}"
-    return f"{text} {CURRENCY}" if currency else text
+    units, fraction = divmod(abs(minor), minor_units_per_unit)
+    text = f"{units}.{fraction:0{decimals}d}" if decimals else str(units)
+    return f"{sign}{text} {currency}" if currency else f"{sign}{text}"
+
+
+def format_minor(amount: int) -> str:
+    """``1000000`` → ``"1 000 000"``: raw minor units grouped for reading in reports and errors."""
+    return f"{amount:,}".replace(",", " ")

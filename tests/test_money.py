@@ -24,7 +24,7 @@ def test_parse_amount_refuses(text):
 
 @given(st.integers(min_value=1, max_value=10**30))
 def test_format_then_parse_is_the_identity(minor):
-    assert parse_amount(format_amount(minor, currency=False).replace(",", "")) == minor
+    assert parse_amount(format_amount(minor, currency="")) == minor
 
 
 def test_format_refuses_floats():

@@ -38,7 +38,6 @@ from databright.ledger.store import (
     balance,
     deposit,
     escrow_job_payment,
-    format_minor,
     refund_job_payment,
 )
 from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, transfer_id_for
@@ -65,7 +64,6 @@ __all__ = [
     "contributor_account",
     "deposit",
     "escrow_job_payment",
-    "format_minor",
     "provider_account",
     "refund_job_payment",
     "trainer_account",

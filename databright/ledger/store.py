@@ -23,6 +23,7 @@ from databright.ledger.accounts import (
     trainer_account,
 )
 from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, check_amount
+from databright.money import format_minor
 
 if TYPE_CHECKING:
     import duckdb
@@ -71,11 +72,6 @@ SELECT a.account_id, COALESCE(SUM(l.amount), 0::HUGEINT) AS balance
 FROM accounts a LEFT JOIN legs l USING (account_id)
 GROUP BY a.account_id ORDER BY a.account_id
 """
-
-
-def format_minor(amount: int) -> str:
-    """``1000000`` -> ``"1 000 000"``: minor units grouped for reading in reports and errors."""
-    return f"{amount:,}".replace(",", " ")
 
 
 class Ledger:

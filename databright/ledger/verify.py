@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 from databright.db import ExchangeDB
 from databright.errors import LedgerInvariantBroken
 from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW
-from databright.ledger.store import BALANCE_SQL, format_minor
+from databright.ledger.store import BALANCE_SQL
 from databright.ledger.transfers import SETTLE_CODES, TransferCode
+from databright.money import format_minor
 
 if TYPE_CHECKING:
     import duckdb

@@ -19,6 +19,7 @@ Typical use::
     print(settlement.summary())
 """
 
+from databright.money import format_amount
 from databright.settlement.allocation import (
     Allocation,
     OwnerLine,
@@ -30,7 +31,7 @@ from databright.settlement.allocation import (
 )
 from databright.settlement.exports import export_period
 from databright.settlement.period import completed_jobs, inputs_digest, settle_period, settlement_transfers
-from databright.settlement.policy import AllocationPolicy, format_amount
+from databright.settlement.policy import AllocationPolicy
 from databright.settlement.result import Settlement, check_period
 from databright.settlement.rounding import largest_remainder
 from databright.settlement.statements import (

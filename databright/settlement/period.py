@@ -24,8 +24,9 @@ from databright.crypto import digest_json
 from databright.db import ExchangeDB
 from databright.errors import DatabrightError, SettlementConflict, SettlementError
 from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, EXCHANGE_FEE
-from databright.ledger.store import Ledger, format_minor
+from databright.ledger.store import Ledger
 from databright.ledger.transfers import Transfer, TransferCode
+from databright.money import format_minor
 from databright.settlement import store as rows
 from databright.settlement.allocation import (
     Allocation,

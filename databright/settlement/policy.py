@@ -15,6 +15,7 @@ from typing import Any
 
 from databright.crypto import digest_json
 from databright.errors import ConfigError
+from databright.money import format_amount
 from databright.settlement.rounding import largest_remainder
 
 TOTAL_BPS = 10_000
@@ -121,14 +122,3 @@ class AllocationPolicy:
     def format_amount(self, minor: int) -> str:
         """``1234567`` -> ``"1.234567 DBX"``: decimal text made from the int, never through a float."""
         return format_amount(minor, self.currency, self.minor_units_per_unit)
-
-
-def format_amount(minor: int, currency: str = "DBX", minor_units_per_unit: int = 1_000_000) -> str:
-    """Integer minor units as exact decimal text with the currency label, e.g. ``"-0.000001 DBX"``."""
-    if isinstance(minor, bool) or not isinstance(minor, int):
-        raise ConfigError(f"amount {minor!r} is not an int of minor units")
-    decimals = len(str(minor_units_per_unit)) - 1
-    sign = "-" if minor < 0 else ""
-    units, fraction = divmod(abs(minor), minor_units_per_unit)
-    text = f"{units}.{fraction:0{decimals}d}" if decimals else str(units)
-    return f"{sign}{text} {currency}"

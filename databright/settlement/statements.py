@@ -21,7 +21,7 @@ from typing import Any
 from databright.crypto import sha256_hex
 from databright.errors import SettlementError
 from databright.ledger.accounts import AccountKind, account_for, contributor_account, trainer_account
-from databright.settlement.policy import format_amount
+from databright.money import format_amount
 from databright.settlement.result import Settlement, check_period
 
 SIMULATED_NOTE = (
