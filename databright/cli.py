@@ -293,6 +293,22 @@ def statement(
         console.print(render_statement(found), markup=False)
 
 
+@ledger_app.command("deposit")
+@reports_errors
+def ledger_deposit(
+    trainer: Annotated[str, typer.Argument(help="Trainer id to credit")],
+    amount: Annotated[str, typer.Argument(help="Amount in DBX, e.g. 25")],
+    reference: Annotated[str, typer.Option(help="External payment reference; repeating it is a no-op")],
+) -> None:
+    """Credit a trainer's account with money received from outside the exchange."""
+    from databright.ledger import deposit
+
+    transfer = deposit(_settings().exchange_db(), trainer, _amount(amount), reference)
+    console.print(
+        f"{transfer.credit_account} credited {format_amount(transfer.amount)} ({transfer.transfer_id[:16]}…)"
+    )
+
+
 @ledger_app.command("verify")
 @reports_errors
 def ledger_verify() -> None:

@@ -78,3 +78,13 @@ def test_synthesize_writes_three_contributions_and_a_validation_file(runner, tmp
         "carol.csv",
         "validation.csv",
     ]
+
+
+def test_ledger_deposit_is_idempotent_per_reference(runner, settings):
+    from databright.ledger import balance
+
+    for _ in range(2):
+        result = runner.invoke(app, ["ledger", "deposit", "acme", "25", "--reference", "wire-1"])
+        assert result.exit_code == 0, result.output
+        assert "trainer:acme credited 25.000000 DBX" in result.output
+    assert balance(settings.exchange_db(), "trainer:acme") == 25_000_000
