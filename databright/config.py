@@ -18,6 +18,7 @@ writes on one machine::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping
@@ -110,7 +111,7 @@ class Settings:
         return cls(home=home, period=period)
 
     def with_period(self, period: str) -> Settings:
-        return Settings(home=self.home, project_root=self.project_root, period=period)
+        return dataclasses.replace(self, period=period)
 
     def ensure_dirs(self) -> Settings:
         for path in (
