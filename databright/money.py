@@ -8,6 +8,7 @@ the one place amounts are parsed and formatted.
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 CURRENCY = "DBX"
 MINOR_UNITS = 1_000_000
@@ -21,11 +22,12 @@ def parse_amount(text: str, minor_units_per_unit: int = MINOR_UNITS) -> int:
         raise ValueError(f"{text!r} is not an amount; write it like 12.5 ({CURRENCY})") from exc
     if not value.is_finite() or value <= 0:
         raise ValueError(f"{text!r} must be a positive amount of {CURRENCY}")
-    minor = value * minor_units_per_unit
-    if minor != minor.to_integral_value():
+    # Fraction is exact at any size; Decimal arithmetic would round past its 28-digit context.
+    minor = Fraction(value) * minor_units_per_unit
+    if minor.denominator != 1:
         decimals = len(str(minor_units_per_unit)) - 1
         raise ValueError(f"{text!r} has more than {decimals} decimals; {CURRENCY} counts in minor units")
-    return int(minor)
+    return minor.numerator
 
 
 def format_amount(minor: int, currency: str = CURRENCY, minor_units_per_unit: int = MINOR_UNITS) -> str:

@@ -27,6 +27,11 @@ def test_format_then_parse_is_the_identity(minor):
     assert parse_amount(format_amount(minor, currency="")) == minor
 
 
+def test_parse_is_exact_beyond_decimal_precision():
+    # 29 significant digits: more than Decimal's default context keeps.
+    assert parse_amount("10000000000000000000000.000001") == 10**28 + 1
+
+
 def test_format_refuses_floats():
     with pytest.raises(TypeError):
         format_amount(1.5)  # type: ignore[arg-type]
