@@ -75,7 +75,13 @@ class UnreadableFile(DatasetError):
 
 
 class SchemaMismatch(DatasetError):
-    pass
+    """Columns missing, extra, reordered or retyped; the message starts with the stable ``code``."""
+
+    code = "SCHEMA_MISMATCH"
+
+    def __init__(self, message: str, **context: Any) -> None:
+        prefix = f"{self.code}: "
+        super().__init__(message if message.startswith(prefix) else prefix + message, **context)
 
 
 class NothingAccepted(DatasetError):

@@ -110,3 +110,44 @@ def test_a_malformed_contract_file_names_the_file(tmp_path: Path, settings: Sett
     (folder / "schema.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"schema\.json is not valid UTF-8 JSON"):
         load_contract(folder.parent, "bad-v1")
+
+
+def test_tabular_text_v1_checks_text_with_a_set_and_regular_expressions(settings: Settings) -> None:
+    contract = load_contract(settings.contracts_dir, "tabular-text-v1")
+    schema = contract.schema
+    assert schema.names == ("x0", "x1", "country", "sku", "comment", "label")
+    assert schema.features == ("x0", "x1") and schema.label == "label"
+    assert [c.name for c in schema.columns if c.nullable] == ["comment"]
+    rules = {(e["type"], e["kwargs"]["column"]): e["kwargs"] for e in contract.suite_json["expectations"]}
+    assert rules[("expect_column_values_to_be_in_set", "country")]["value_set"] == [
+        "AT",
+        "CH",
+        "DE",
+        "FR",
+        "IT",
+    ]
+    assert rules[("expect_column_values_to_match_regex", "sku")]["regex"] == "^[A-Z]{3}-[0-9]{4}$"
+    assert (
+        rules[("expect_column_values_to_not_match_regex", "comment")]["regex"] == "[\\u0000-\\u001f\\u007f]"
+    )
+    assert sorted(available_kinds(settings.contracts_dir))[:2] == ["tabular-text-v1", "tabular-v1"]
+    assert contract.to_dict() == {
+        "kind": "tabular-text-v1",
+        "digest": contract.digest,
+        "schema": schema.to_dict(),
+        "suite": contract.suite_json,
+    }
+
+
+@pytest.mark.parametrize("mostly", [0.95, 0, "1", True])
+def test_mostly_is_refused_because_every_failing_row_is_quarantined(
+    tabular: Contract, mostly: object
+) -> None:
+    suite = json.loads(json.dumps(tabular.suite_json))
+    suite["expectations"][1]["kwargs"]["mostly"] = mostly
+    with pytest.raises(
+        ConfigError, match=r"expectation #1 \(expect_column_values_to_be_between\) has mostly="
+    ):
+        Contract.build("tolerant-v1", tabular.schema, suite)
+    suite["expectations"][1]["kwargs"]["mostly"] = 1.0  # the default, stated: harmless
+    assert Contract.build("tolerant-v1", tabular.schema, suite).kind == "tolerant-v1"

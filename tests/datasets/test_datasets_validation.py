@@ -1,8 +1,15 @@
-"""The contract engine: drift refused whole, bad rows quarantined with their reasons, the rest typed."""
+"""The contract engine: drift refused whole, bad rows quarantined with their reasons, the rest typed.
+
+Also the chunked ``Validator``: row numbers offset per chunk, chunk reports merging into the whole
+file's report, the native screen agreeing with Great Expectations, and clean chunks skipping GX.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,13 +22,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from databright.crypto import digest_json
-from databright.datasets import Column, Contract, QuarantinedRow, read_table, validate
-from databright.datasets.validation import type_column
+from databright.datasets import Column, Contract, ContractReport, QuarantinedRow, read_table, validate
+from databright.datasets.contracts import load_contract
+from databright.datasets.formats import TEXT_DTYPE
+from databright.datasets.validation import Validator, type_column
 from databright.errors import ConfigError, DatasetError, SchemaMismatch
 
 NOT_NULL = "expect_column_values_to_not_be_null"
 BETWEEN = "expect_column_values_to_be_between"
 IN_SET = "expect_column_values_to_be_in_set"
+MATCH = "expect_column_values_to_match_regex"
+NOT_MATCH = "expect_column_values_to_not_match_regex"
+CONTRACTS = Path(__file__).resolve().parents[2] / "data_contracts"
+TEXT_CONTRACT = load_contract(CONTRACTS, "tabular-text-v1")
+TABULAR = load_contract(CONTRACTS, "tabular-v1")
 
 
 def _line(**overrides: str) -> str:
@@ -79,6 +93,9 @@ def test_report_forms_agree(tabular: Contract, write_csv: Callable[..., Path]) -
     assert frame.to_dict("records") == [q.to_dict() for q in report.quarantined]
     assert report.failures_by_expectation() == {IN_SET: 1, "type:float": 1}
     assert "1/3 rows passed" in repr(report)
+    assert ContractReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+    with pytest.raises(DatasetError, match="exactly the keys"):
+        ContractReport.from_dict({"rows_received": 3})
 
 
 @pytest.mark.parametrize(
@@ -98,6 +115,8 @@ def test_schema_drift_is_refused_whole(
     with pytest.raises(SchemaMismatch, match=fragment) as info:
         validate(read_table(path), tabular)
     assert "f0,f1,f2,f3,f4,f5,f6,f7,label in that order" in str(info.value)
+    assert str(info.value).startswith("SCHEMA_MISMATCH: columns do not match contract tabular-v1")
+    assert info.value.code == "SCHEMA_MISMATCH"
 
 
 def _parquet(tmp_path: Path, columns: dict[str, pa.Array]) -> pd.DataFrame:
@@ -145,8 +164,10 @@ def test_parquet_retyped_columns_are_refused(
 ) -> None:
     cols = _features(2) | {"label": pa.array([0, 1])}
     cols[column] = array
-    with pytest.raises(SchemaMismatch, match=fragment):
+    with pytest.raises(SchemaMismatch, match=fragment) as info:
         validate(_parquet(tmp_path, cols), tabular)
+    assert str(info.value).startswith(f"SCHEMA_MISMATCH: column {column!r} has type")
+    assert info.value.code == "SCHEMA_MISMATCH" and info.value.context["column"] == column
 
 
 def test_integers_that_do_not_fit_are_quarantined(tabular: Contract, tmp_path: Path) -> None:
@@ -203,12 +224,28 @@ def _with_suite(tabular: Contract, extra: dict) -> Contract:
     return Contract.build("custom-v1", tabular.schema, suite)
 
 
-def test_a_table_level_failure_refuses_the_file(tabular: Contract, write_csv: Callable[..., Path]) -> None:
-    contract = _with_suite(
-        tabular, {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 0, "max_value": 1}}
-    )
-    with pytest.raises(DatasetError, match=r"as a whole .*observed 2"):
-        validate(read_table(write_csv("two.csv", [_line(), _line(f0="1")])), contract)
+@pytest.mark.parametrize(
+    "expectation",
+    [
+        {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 0, "max_value": 1}},
+        {
+            "type": "expect_column_mean_to_be_between",
+            "kwargs": {"column": "f0", "min_value": 0, "max_value": 1},
+        },
+        {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "f0"}},
+    ],
+)
+def test_whole_table_and_cross_row_expectations_are_refused(tabular: Contract, expectation: dict) -> None:
+    # Chunked validation would judge them per chunk: a different verdict from the whole file's.
+    contract = _with_suite(tabular, expectation)
+    with pytest.raises(ConfigError, match=rf"#18 {expectation['type']} judges the table as a whole"):
+        Validator(contract)
+
+
+def test_an_unknown_expectation_type_is_a_contract_error(tabular: Contract) -> None:
+    contract = _with_suite(tabular, {"type": "expect_rows_to_be_nice", "kwargs": {"column": "f0"}})
+    with pytest.raises(ConfigError, match="'expect_rows_to_be_nice' is not a Great Expectations"):
+        Validator(contract)
 
 
 def test_an_expectation_that_cannot_run_is_a_contract_error(
@@ -223,3 +260,248 @@ def test_an_expectation_that_cannot_run_is_a_contract_error(
     )
     with pytest.raises(ConfigError, match="custom-v1: expectation expect_column_values_to_be_between"):
         validate(read_table(write_csv("one.csv", [_line()])), contract)
+
+
+# --- text rules: sets and regular expressions (tabular-text-v1) -------------------------------
+
+TEXT_COLUMNS = ["x0", "x1", "country", "sku", "comment", "label"]
+
+
+def _text_row(**overrides: str | None) -> list[str | None]:
+    values: dict[str, str | None] = {
+        "x0": "1.5",
+        "x1": "-2",
+        "country": "CH",
+        "sku": "ABC-0042",
+        "comment": "fine",
+        "label": "0",
+    }
+    values.update(overrides)
+    return [values[c] for c in TEXT_COLUMNS]
+
+
+def _text_frame(rows: list[list[str | None]], dtype: object = object) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series([r[i] for r in rows], dtype=dtype) for i, c in enumerate(TEXT_COLUMNS)})
+
+
+TEXT_ROWS = [
+    _text_row(),  # 1 clean
+    _text_row(country="ch"),  # 2 a set is case-sensitive
+    _text_row(sku="ABC-42"),  # 3 regex
+    _text_row(sku="xABC-0042"),  # 4 anchored regex
+    _text_row(comment="bell\x07"),  # 5 a control character
+    _text_row(comment=None, x1="-1000"),  # 6 clean: comment may be null, bound inclusive
+    _text_row(sku=None),  # 7 null in a non-nullable text column
+    _text_row(x0="-Infinity"),  # 8 not finite
+    _text_row(x1="1000.5", label="2"),  # 9 out of range and not in the set
+    _text_row(label="0x1"),  # 10 not an int
+]
+TEXT_FAILURES = {
+    QuarantinedRow(2, "country", IN_SET, "ch"),
+    QuarantinedRow(3, "sku", MATCH, "ABC-42"),
+    QuarantinedRow(4, "sku", MATCH, "xABC-0042"),
+    QuarantinedRow(5, "comment", NOT_MATCH, "bell\x07"),
+    QuarantinedRow(7, "sku", NOT_NULL, None),
+    QuarantinedRow(8, "x0", "finite", "-Infinity"),
+    QuarantinedRow(9, "x1", BETWEEN, "1000.5"),
+    QuarantinedRow(9, "label", IN_SET, "2"),
+    QuarantinedRow(10, "label", "type:int", "0x1"),
+}
+
+
+@pytest.mark.parametrize("dtype", [object, TEXT_DTYPE], ids=["jsonl-objects", "arrow-text"])
+def test_sets_and_regular_expressions_quarantine_text_rows(dtype: object) -> None:
+    result = Validator(TEXT_CONTRACT).validate(_text_frame(TEXT_ROWS, dtype))
+    assert set(result.report.quarantined) == TEXT_FAILURES
+    assert result.good["row_number"].tolist() == [1, 6]
+    assert result.good["comment"].isna().tolist() == [False, True]
+    assert result.good["x1"].tolist() == [-2.0, -1000.0]
+
+
+def test_typed_parquet_columns_meet_the_same_text_rules(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "x0": pa.array([1.5, 2.0, float("inf")]),
+            "x1": pa.array([0.0, 0.0, 0.0], pa.float32()),
+            "country": pa.array(["DE", "XX", "FR"]),
+            "sku": pa.array(["ABC-0001", "ABC-0002", "abc-0003"], pa.large_string()),
+            "comment": pa.array([None, "ok", "tab\there"]),
+            "label": pa.array([1, 0, 1], pa.int16()),
+        }
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    report = validate(read_table(tmp_path / "t.parquet"), TEXT_CONTRACT).report
+    assert set(report.quarantined) == {
+        QuarantinedRow(2, "country", IN_SET, "XX"),
+        QuarantinedRow(3, "x0", "finite", "inf"),
+        QuarantinedRow(3, "sku", MATCH, "abc-0003"),
+        QuarantinedRow(3, "comment", NOT_MATCH, "tab\there"),
+    }
+
+
+# --- chunks: row numbers, merging, the screen ------------------------------------------------
+
+
+def test_chunks_number_their_rows_from_first_row_number() -> None:
+    validator = Validator(TEXT_CONTRACT)
+    result = validator.validate(_text_frame(TEXT_ROWS[:3]), first_row_number=1_000_001)
+    assert result.report.first_row_number == 1_000_001
+    assert [q.row_number for q in result.report.quarantined] == [1_000_002, 1_000_003]
+    assert result.good["row_number"].tolist() == [1_000_001]
+    for bad in (0, -3, True, 1.0):
+        with pytest.raises(DatasetError, match="first_row_number must be"):
+            validator.validate(_text_frame(TEXT_ROWS[:1]), first_row_number=bad)  # type: ignore[arg-type]
+
+
+def _dirty_tabular_rows(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """tabular-v1 text rows with every kind of bad cell sprinkled in, reproducibly."""
+    x = rng.normal(0.0, 20.0, size=(n, 8)).round(3)  # some beyond ±50
+    cells = [[f"{v:.3f}" for v in row] + [str(int(rng.integers(0, 2)))] for row in x]
+    bad = ["", "abc", "nan", "-inf", "1e999", "1_0", " 1"]
+    for row in rng.choice(n, size=n // 5, replace=False):
+        cells[row][int(rng.integers(0, 9))] = str(rng.choice([*bad, "2", "1.5"]))
+    return pd.DataFrame(
+        {c: pd.Series([r[i] for r in cells], dtype=TEXT_DTYPE) for i, c in enumerate(TABULAR.schema.names)}
+    )
+
+
+@pytest.fixture(scope="module")
+def tabular_validators() -> tuple[Validator, Validator]:
+    """Screened and unscreened validators, built once: setting GX up once is what a Validator is for."""
+    return Validator(TABULAR), Validator(TABULAR, screen=False)
+
+
+@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(1, 59), max_size=4, unique=True))
+@settings(max_examples=10, deadline=None)
+def test_chunk_reports_merge_into_the_whole_files_report(
+    tabular_validators: tuple[Validator, Validator], seed: int, cuts: list[int]
+) -> None:
+    validator = tabular_validators[0]
+    frame = _dirty_tabular_rows(np.random.default_rng(seed), 60)
+    whole = validator.validate(frame)
+    bounds = [0, *sorted(cuts), len(frame)]
+    parts = [
+        validator.validate(frame.iloc[a:b], first_row_number=a + 1) for a, b in itertools.pairwise(bounds)
+    ]
+    merged = ContractReport.merge([p.report for p in parts])
+    assert merged == whole.report and merged.digest == whole.report.digest
+    good = pd.concat([p.good for p in parts], ignore_index=True)
+    pd.testing.assert_frame_equal(good, whole.good)
+    # Accounting: every row either passed or is quarantined, once.
+    assert merged.rows_passed + merged.quarantined_rows == merged.rows_received == len(frame)
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=6, deadline=None)
+def test_the_screen_agrees_with_great_expectations(
+    tabular_validators: tuple[Validator, Validator], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    frame = _dirty_tabular_rows(rng, 40)
+    screened, unscreened = tabular_validators
+    assert screened.validate(frame).report == unscreened.validate(frame).report
+    text = _text_frame([TEXT_ROWS[int(i)] for i in rng.integers(0, len(TEXT_ROWS), size=12)])
+    text_screened, text_unscreened = Validator(TEXT_CONTRACT), Validator(TEXT_CONTRACT, screen=False)
+    assert text_screened.validate(text).report == text_unscreened.validate(text).report
+
+
+BOUNDS_SUITE = {
+    "name": "bounds-v1",
+    "expectations": [
+        {"type": NOT_NULL, "kwargs": {"column": "n"}},
+        {"type": BETWEEN, "kwargs": {"column": "n", "min_value": 0, "max_value": 10, "strict_max": True}},
+        {"type": BETWEEN, "kwargs": {"column": "x", "min_value": -1.5, "strict_min": True}},
+        {"type": BETWEEN, "kwargs": {"column": "x", "max_value": 2**53}},
+        {"type": "expect_column_values_to_not_be_in_set", "kwargs": {"column": "n", "value_set": [3, 7]}},
+        {"type": NOT_MATCH, "kwargs": {"column": "s", "regex": "^ |  | $"}},
+        {"type": "expect_column_value_lengths_to_be_between", "kwargs": {"column": "s", "max_value": 3}},
+    ],
+}
+
+
+@given(
+    n=st.lists(st.one_of(st.none(), st.integers(-3, 12)), min_size=1, max_size=15),
+    x=st.lists(
+        st.sampled_from([-2.0, -1.5, -1.4999, 0.0, 2.0**53, 2.0**53 + 2, None]), min_size=15, max_size=15
+    ),
+    s=st.lists(st.sampled_from(["ab", " ab", "a  b", "ab ", "abcd", "", None]), min_size=15, max_size=15),
+)
+@settings(max_examples=20, deadline=None)
+def test_the_screen_agrees_on_strict_and_open_bounds_sets_and_regexes(
+    mixed_schema_contract: tuple[Validator, Validator], n: list[int | None], x: list, s: list
+) -> None:
+    frame = pd.DataFrame(
+        {"n": pd.array(n, dtype="Int64"), "x": pd.array(x[: len(n)], dtype="Float64"), "s": s[: len(n)]}
+    )
+    screened, unscreened = mixed_schema_contract
+    assert screened.validate(frame).report == unscreened.validate(frame).report
+
+
+@pytest.fixture(scope="module")
+def mixed_schema_contract() -> tuple[Validator, Validator]:
+    from databright.datasets import Schema
+
+    schema = Schema(
+        (Column("n", "int"), Column("x", "float", True), Column("s", "string", True)), ("n", "x"), "s"
+    )
+    contract = Contract.build("bounds-v1", schema, BOUNDS_SUITE)
+    return Validator(contract), Validator(contract, screen=False)
+
+
+def test_clean_chunks_never_reach_great_expectations() -> None:
+    validator = Validator(TEXT_CONTRACT)
+    clean = _text_frame([TEXT_ROWS[0], TEXT_ROWS[5]] * 50)
+    assert validator.validate(clean).report.rows_passed == 100
+    assert validator.gx_runs == 0
+    validator.validate(_text_frame([TEXT_ROWS[0], TEXT_ROWS[2]]))  # a regex failure: GX decides
+    assert validator.gx_runs == 1
+    unscreened = Validator(TEXT_CONTRACT, screen=False)
+    unscreened.validate(clean)
+    assert unscreened.gx_runs == 1
+
+
+def test_merge_refuses_reports_that_are_not_one_files_chunks() -> None:
+    validator = Validator(TEXT_CONTRACT)
+    first = validator.validate(_text_frame(TEXT_ROWS[:4])).report
+    second = validator.validate(_text_frame(TEXT_ROWS[4:]), first_row_number=5).report
+    assert ContractReport.merge([first, second]).rows_received == len(TEXT_ROWS)
+    with pytest.raises(
+        DatasetError, match=r"report #1 starts at row 1 but the reports before it end at row 10"
+    ):
+        ContractReport.merge([second, first])
+    with pytest.raises(
+        DatasetError, match=r"report #1 starts at row 1 but the reports before it end at row 4"
+    ):
+        ContractReport.merge([first, first])
+    other = validate(_dirty_tabular_rows(np.random.default_rng(1), 3), TABULAR).report
+    with pytest.raises(DatasetError, match="made with contract tabular-v1"):
+        ContractReport.merge([first, other])
+    with pytest.raises(DatasetError, match="at least one report"):
+        ContractReport.merge([])
+
+
+# --- the float fast path: Arrow's cast accepts exactly the contract's literals ----------------
+
+_FLOAT_LITERAL = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_NON_FINITE = re.compile(r"^[+-]?(nan|inf|infinity)$", re.IGNORECASE)
+
+
+@given(st.text(alphabet="0123456789+-.eE_ ,xXnaifNAIFtyTYd\t\u00a0\u0661\uff11", max_size=10))
+@settings(max_examples=400, deadline=None)
+def test_a_float_cell_is_judged_alone(text: str) -> None:
+    # A column that casts whole skips the regular expression; one bad neighbour forces it. Either
+    # way the cell gets the same verdict, and only literals the contract allows get through.
+    alone, alone_failures, _ = type_column(pd.Series([text], dtype=str), Column("x", "float", True), "t")
+    mixed, mixed_failures, _ = type_column(
+        pd.Series([text, "bad"], dtype=str), Column("x", "float", True), "t"
+    )
+    assert alone_failures.get(0) == mixed_failures.get(0)
+    assert alone.isna()[0] == mixed.isna()[0] and (alone.isna()[0] or alone[0] == mixed[0])
+    if text == "":
+        assert alone_failures == {} and alone.isna()[0]
+    elif _FLOAT_LITERAL.match(text):
+        value = float(text)
+        assert alone_failures.get(0) == (None if math.isfinite(value) else "finite")
+        assert alone.isna()[0] or alone[0] == value
+    else:
+        assert alone_failures == {0: "finite" if _NON_FINITE.match(text) else "type:float"}
