@@ -14,6 +14,12 @@ writes on one machine::
       prefect/            PREFECT_HOME: Prefect's SQLite database and settings
       statements/         per-period statements (text and JSON)
       ingest.lock         serialises ingests (dedup and versioning must see one another)
+
+S3 is one setting away: with ``DATABRIGHT_S3_BUCKET`` set, ``object_store()`` is an
+``S3ObjectStore`` on ``s3://<bucket>/<prefix>/`` and the DVC remote is ``s3://<bucket>/<prefix>/dvc``
+(``DATABRIGHT_S3_ENDPOINT_URL`` for MinIO, Ceph or a test server; ``DATABRIGHT_S3_PREFIX``,
+default ``databright``). Credentials and region come from the standard ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY`` and ``AWS_DEFAULT_REGION``; left unset, boto3's usual chain applies.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -31,10 +38,12 @@ from databright.errors import ConfigError
 if TYPE_CHECKING:
     from databright.db import ExchangeDB
     from databright.settlement.policy import AllocationPolicy
-    from databright.storage.objectstore import LocalObjectStore
+    from databright.storage.dvc_versions import DvcRemote
+    from databright.storage.objectstore import ObjectStore
     from databright.trust import AttestationPolicy, UsageReceipt
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_S3_PREFIX = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 
 
 def current_period(now: dt.datetime | None = None) -> str:
@@ -49,6 +58,13 @@ class Settings:
     project_root: Path = PROJECT_ROOT
     period: str = ""
     db_lock_retries: int = 8
+    # S3 (all None: the embedded local store). Secrets stay out of repr.
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = "databright"
+    aws_region: str | None = None
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
 
     # A file that marks a folder as a DataBright home, so tools only ever delete homes they made.
     MARKER: ClassVar[str] = ".databright-home"
@@ -63,8 +79,25 @@ class Settings:
         return self.home / "store"
 
     @property
-    def dvc_remote_dir(self) -> Path:
-        return self.store_dir / "dvc"
+    def dvc_remote(self) -> Path | DvcRemote:
+        """Where DVC pushes version folders: ``store/dvc``, or ``s3://<bucket>/<prefix>/dvc``."""
+        if not self.s3_bucket:
+            return self.store_dir / "dvc"
+        from databright.storage.dvc_versions import DvcRemote
+
+        prefix = self.s3_prefix.strip("/")
+        return DvcRemote(
+            url=f"s3://{self.s3_bucket}/{prefix + '/' if prefix else ''}dvc",
+            endpoint_url=self.s3_endpoint_url,
+            region=self.aws_region,
+            access_key_id=self.aws_access_key_id,
+            secret_access_key=self.aws_secret_access_key,
+        )
+
+    @property
+    def dvc_remote_dir(self) -> Path | DvcRemote:
+        """The same as ``dvc_remote`` (its older name; a folder unless S3 is configured)."""
+        return self.dvc_remote
 
     @property
     def workspace_dir(self) -> Path:
@@ -108,7 +141,28 @@ class Settings:
             raise ConfigError(
                 f"DATABRIGHT_PERIOD={period!r} is not a period; write it as YYYY-MM, e.g. 2026-11"
             )
-        return cls(home=home, period=period)
+        endpoint = env.get("DATABRIGHT_S3_ENDPOINT_URL") or None
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"DATABRIGHT_S3_ENDPOINT_URL={endpoint!r} is not an http(s) URL; write it like "
+                "http://127.0.0.1:9000, or unset it to use AWS"
+            )
+        prefix = env.get("DATABRIGHT_S3_PREFIX", "databright").strip("/")
+        if prefix and not _S3_PREFIX.match(prefix):
+            raise ConfigError(
+                f"DATABRIGHT_S3_PREFIX={prefix!r} is not allowed: use letters, digits, '.', '_', '-' and "
+                "'/' between parts (e.g. exchange/prod)"
+            )
+        return cls(
+            home=home,
+            period=period,
+            s3_bucket=env.get("DATABRIGHT_S3_BUCKET") or None,
+            s3_endpoint_url=endpoint,
+            s3_prefix=prefix,
+            aws_region=env.get("AWS_DEFAULT_REGION") or None,
+            aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+        )
 
     def with_period(self, period: str) -> Settings:
         return dataclasses.replace(self, period=period)
@@ -132,9 +186,19 @@ class Settings:
 
         return ExchangeDB(self.db_path, retries=self.db_lock_retries)
 
-    def object_store(self) -> LocalObjectStore:
-        from databright.storage.objectstore import LocalObjectStore
+    def object_store(self) -> ObjectStore:
+        """The S3 store when a bucket is set, else the local directory ``store/``."""
+        from databright.storage.objectstore import LocalObjectStore, S3ObjectStore
 
+        if self.s3_bucket:
+            return S3ObjectStore(
+                self.s3_bucket,
+                self.s3_prefix,
+                self.s3_endpoint_url,
+                region=self.aws_region,
+                access_key_id=self.aws_access_key_id,
+                secret_access_key=self.aws_secret_access_key,
+            )
         return LocalObjectStore(self.store_dir)
 
     def attestation_policy(self) -> AttestationPolicy:

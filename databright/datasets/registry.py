@@ -9,10 +9,16 @@ Tables (DuckDB, created by ``ExchangeDB`` from ``DDL``):
   its 1-based position in the dataset. A record id is registered once, so credit for a duplicate
   stays with the lowest ``seq`` (the first registrant);
 * ``submissions`` and ``quarantine`` — every file ever submitted, accepted or not, with the rows
-  the contract refused and why.
+  the contract refused and why;
+* ``withdrawals`` — one row per version that withdrew records: who, how many, its withdrawal file;
+  ``withdrawn_records`` — each withdrawn id and the first version without it. Records are never
+  deleted, so every old version still lists exactly the ids it had, and a withdrawn record stays
+  registered: the same row submitted again is refused as a duplicate.
 
-Reads go through ``Registry``; the one write (``commit_submission``) is a single transaction, so a
-submission is registered completely or not at all.
+A record is *in* version ``v`` when it was added at or before ``v`` and not withdrawn at or before
+``v``; every read below applies that rule. Reads go through ``Registry``; the writes
+(``Registry.commit_submission`` here, ``shares.withdraw_records``'s transaction) are single
+transactions over ``insert_version_row``, so a version is registered completely or not at all.
 """
 
 from __future__ import annotations
@@ -85,11 +91,29 @@ CREATE TABLE IF NOT EXISTS quarantine (
     expectation   VARCHAR NOT NULL,
     value         VARCHAR
 );
+CREATE TABLE IF NOT EXISTS withdrawals (
+    dataset         VARCHAR NOT NULL,
+    version         INTEGER NOT NULL,   -- the version made by the withdrawal
+    owner           VARCHAR NOT NULL,
+    record_count    BIGINT NOT NULL CHECK (record_count > 0),
+    withdrawn_path  VARCHAR NOT NULL,   -- withdrawn.parquet, relative to the workspace
+    withdrawn_digest VARCHAR NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (dataset, version)
+);
+CREATE TABLE IF NOT EXISTS withdrawn_records (
+    dataset   VARCHAR NOT NULL,
+    record_id VARCHAR NOT NULL,
+    version   INTEGER NOT NULL,         -- the first version without the record
+    PRIMARY KEY (dataset, record_id)
+);
 """
 
-_OWNER_COUNTS = (
-    "SELECT owner, count(*) FROM records WHERE dataset = ? AND version <= ? GROUP BY owner ORDER BY owner"
-)
+# The records of version v (params: v, dataset, v): added at or before v, not withdrawn by v.
+LIVE_RECORDS = """FROM records r LEFT JOIN withdrawn_records w
+    ON w.dataset = r.dataset AND w.record_id = r.record_id AND w.version <= ?
+    WHERE r.dataset = ? AND r.version <= ? AND w.record_id IS NULL"""
+_OWNER_COUNTS = f"SELECT r.owner, count(*) {LIVE_RECORDS} GROUP BY r.owner ORDER BY r.owner"
 _VERSION_COLUMNS = (
     "v.dataset, v.version, v.parent, d.contract_kind, v.contract_digest, v.schema_digest, v.merkle_root, "
     "v.record_count, v.manifest_digest, v.dvc_md5"
@@ -138,14 +162,12 @@ class NewVersion:
     data_path: str
     data_digest: str
     dvc_md5: str
-
-
-def _ids_table(ids: Iterable[str]) -> pa.Table:
-    return pa.table({"record_id": pa.array(list(ids), pa.string())})
+    withdrawn_path: str | None = None
+    withdrawn_digest: str | None = None
 
 
 class Registry:
-    """Typed reads and the single ingest write over the registry tables."""
+    """Typed reads over the registry tables, and the submission write."""
 
     def __init__(self, db: ExchangeDB) -> None:
         self.db = db
@@ -157,19 +179,17 @@ class Registry:
         return (rows[0][0], rows[0][1]) if rows else None
 
     def list_datasets(self) -> list[DatasetSummary]:
+        """Every dataset with its latest version's record count and number of owners."""
         rows = self.db.query(
-            """SELECT d.name, d.contract_kind, d.contract_digest, max(v.version), d.created_at
+            """SELECT d.name, d.contract_kind, d.contract_digest, v.version, v.record_count, d.created_at
                FROM datasets d JOIN dataset_versions v ON v.dataset = d.name
-               GROUP BY d.name, d.contract_kind, d.contract_digest, d.created_at ORDER BY d.name"""
+               WHERE v.version = (SELECT max(version) FROM dataset_versions WHERE dataset = d.name)
+               ORDER BY d.name"""
         )
-        counts = {
-            r[0]: (int(r[1]), int(r[2]))
-            for r in self.db.query(
-                "SELECT dataset, count(*), count(DISTINCT owner) FROM records GROUP BY dataset"
-            )
-        }
         return [
-            DatasetSummary(r[0], r[1], r[2], int(r[3]), *counts.get(r[0], (0, 0)), created_at=r[4])
+            DatasetSummary(
+                r[0], r[1], r[2], int(r[3]), int(r[4]), len(self.owner_counts(r[0], int(r[3]))), r[5]
+            )
             for r in rows
         ]
 
@@ -232,7 +252,12 @@ class Registry:
             "ORDER BY version",
             [dataset, version],
         ).fetchall()
-        owners = con.execute(_OWNER_COUNTS, [dataset, version]).fetchall()
+        owners = con.execute(_OWNER_COUNTS, [version, dataset, version]).fetchall()
+        withdrawn = con.execute(
+            "SELECT withdrawn_path, withdrawn_digest FROM withdrawals WHERE dataset = ? AND version <= ? "
+            "ORDER BY version",
+            [dataset, version],
+        ).fetchall()
         return DatasetVersion(
             dataset=r[0],
             version=int(r[1]),
@@ -247,6 +272,8 @@ class Registry:
             data_digests=tuple(d[1] for d in deltas),
             manifest_digest=r[8],
             dvc_md5=r[9],
+            withdrawn_paths=tuple(w[0] for w in withdrawn),
+            withdrawn_digests=tuple(w[1] for w in withdrawn),
         )
 
     def list_versions(self, dataset: str) -> list[DatasetVersion]:
@@ -257,41 +284,57 @@ class Registry:
 
     # --- records -------------------------------------------------------------------------------
     def owner_counts(self, dataset: str, version: int) -> dict[str, int]:
-        """Records per owner in ``version`` (records of v1..v``version``), sorted by owner."""
-        return {r[0]: int(r[1]) for r in self.db.query(_OWNER_COUNTS, [dataset, version])}
+        """Records per owner in ``version`` (after its withdrawals), sorted by owner."""
+        return {r[0]: int(r[1]) for r in self.db.query(_OWNER_COUNTS, [version, dataset, version])}
 
     def version_record_ids(self, dataset: str, version: int) -> list[str]:
         """Every record id of ``version`` in sequence order (the Merkle leaf order)."""
-        rows = self.db.query(
-            "SELECT record_id FROM records WHERE dataset = ? AND version <= ? ORDER BY seq",
-            [dataset, version],
-        )
+        rows = self.db.query(f"SELECT r.record_id {LIVE_RECORDS} ORDER BY r.seq", [version, dataset, version])
         return [r[0] for r in rows]
 
     def record_owners(self, dataset: str, version: int) -> dict[str, str]:
-        """``record_id -> owner`` for ``version``: what a valuation needs to pay per owner."""
-        rows = self.db.query(
-            "SELECT record_id, owner FROM records WHERE dataset = ? AND version <= ? ORDER BY seq",
-            [dataset, version],
+        """``record_id -> owner`` for ``version``, in sequence order: what valuation pays per owner."""
+        sql = f"SELECT r.record_id, r.owner {LIVE_RECORDS} ORDER BY r.seq"
+        return {r[0]: r[1] for r in self.db.query(sql, [version, dataset, version])}
+
+    def record_status(self, dataset: str, ids: Iterable[str]) -> dict[str, tuple[str, int, int | None]]:
+        """``record_id -> (owner, version added, version withdrawn or None)`` for the registered ids."""
+        rows = self._join_ids(
+            ids,
+            """SELECT r.record_id, r.owner, r.version, w.version FROM candidate_ids c
+               JOIN records r ON r.dataset = ? AND r.record_id = c.record_id
+               LEFT JOIN withdrawn_records w ON w.dataset = r.dataset AND w.record_id = r.record_id""",
+            [dataset],
         )
-        return {r[0]: r[1] for r in rows}
+        return {r[0]: (r[1], int(r[2]), None if r[3] is None else int(r[3])) for r in rows}
+
+    def withdrawn_after(self, dataset: str, version: int) -> int:
+        """How many records of ``version`` later versions withdrew (0: nothing of it was withdrawn)."""
+        rows = self.db.query(
+            """SELECT count(*) FROM withdrawn_records w JOIN records r
+               ON r.dataset = w.dataset AND r.record_id = w.record_id
+               WHERE w.dataset = ? AND w.version > ? AND r.version <= ?""",
+            [dataset, version, version],
+        )
+        return int(rows[0][0])
 
     def existing_ids(self, dataset: str, ids: Iterable[str]) -> set[str]:
-        """The subset of ``ids`` already registered in ``dataset`` (by anyone)."""
-        candidates = _ids_table(ids)
+        """The subset of ``ids`` already registered in ``dataset`` (by anyone, withdrawn or not)."""
+        sql = """SELECT DISTINCT c.record_id FROM candidate_ids c
+                 JOIN records r ON r.dataset = ? AND r.record_id = c.record_id"""
+        return {r[0] for r in self._join_ids(ids, sql, [dataset])}
+
+    def _join_ids(self, ids: Iterable[str], sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        """Run ``sql`` with ``ids`` registered as the table ``candidate_ids(record_id)``."""
+        candidates = pa.table({"record_id": pa.array(list(ids), pa.string())})
         if candidates.num_rows == 0:
-            return set()
+            return []
         with self.db.connect() as con:
             con.register("candidate_ids", candidates)
             try:
-                rows = con.execute(
-                    """SELECT DISTINCT c.record_id FROM candidate_ids c
-                       JOIN records r ON r.dataset = ? AND r.record_id = c.record_id""",
-                    [dataset],
-                ).fetchall()
+                return con.execute(sql, params).fetchall()
             finally:
                 con.unregister("candidate_ids")
-        return {r[0] for r in rows}
 
     def next_seq(self, dataset: str) -> int:
         rows = self.db.query("SELECT coalesce(max(seq), 0) FROM records WHERE dataset = ?", [dataset])
@@ -316,19 +359,9 @@ class Registry:
 
     @staticmethod
     def _submission(r: tuple[Any, ...]) -> Submission:
+        version = None if r[9] is None else int(r[9])
         return Submission(
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            int(r[5]),
-            int(r[6]),
-            int(r[7]),
-            int(r[8]),
-            None if r[9] is None else int(r[9]),
-            r[10],
-            r[11],
+            r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]), int(r[7]), int(r[8]), version, *r[10:]
         )
 
     def quarantine_rows(self, submission_id: str) -> list[tuple[int, str, str, str | None]]:
@@ -418,32 +451,7 @@ class Registry:
                 f"dataset {dataset!r} uses contract {existing[0][0]}, not {contract_kind}; "
                 "a dataset keeps its contract"
             )
-        latest = con.execute(
-            "SELECT coalesce(max(version), 0) FROM dataset_versions WHERE dataset = ?", [dataset]
-        ).fetchone()
-        if latest is None or int(latest[0]) != (v.parent or 0) or v.version != (v.parent or 0) + 1:
-            raise RegistryError(
-                f"dataset {dataset!r} moved on while v{v.version} was prepared (latest is now "
-                f"v{latest[0] if latest else '?'}); submit the file again"
-            )
-        con.execute(
-            "INSERT INTO dataset_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                dataset,
-                v.version,
-                v.parent,
-                v.contract_digest,
-                v.schema_digest,
-                v.merkle_root,
-                v.record_count,
-                v.manifest_key,
-                v.manifest_digest,
-                v.data_path,
-                v.data_digest,
-                v.dvc_md5,
-                now,
-            ],
-        )
+        insert_version_row(con, dataset, v, now, retry="submit the file again")
         con.register("new_records", records)
         try:
             con.execute(
@@ -452,3 +460,38 @@ class Registry:
             )
         finally:
             con.unregister("new_records")
+
+
+def insert_version_row(
+    con: duckdb.DuckDBPyConnection, dataset: str, v: NewVersion, now: dt.datetime, *, retry: str
+) -> None:
+    """Insert one ``dataset_versions`` row, refusing it unless it is the next version after its parent."""
+    latest = con.execute(
+        "SELECT coalesce(max(version), 0) FROM dataset_versions WHERE dataset = ?", [dataset]
+    ).fetchone()
+    if latest is None or int(latest[0]) != (v.parent or 0) or v.version != (v.parent or 0) + 1:
+        raise RegistryError(
+            f"dataset {dataset!r} moved on while v{v.version} was prepared (latest is now "
+            f"v{latest[0] if latest else '?'}); {retry}"
+        )
+    con.execute(
+        """INSERT INTO dataset_versions (dataset, version, parent, contract_digest, schema_digest,
+               merkle_root, record_count, manifest_key, manifest_digest, data_path, data_digest,
+               dvc_md5, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [
+            dataset,
+            v.version,
+            v.parent,
+            v.contract_digest,
+            v.schema_digest,
+            v.merkle_root,
+            v.record_count,
+            v.manifest_key,
+            v.manifest_digest,
+            v.data_path,
+            v.data_digest,
+            v.dvc_md5,
+            now,
+        ],
+    )

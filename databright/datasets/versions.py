@@ -1,28 +1,40 @@
-"""Dataset versions: append-only deltas on disk, bound together by a Merkle manifest.
+"""Dataset versions: append-only deltas on disk, bound together by a content-addressed manifest.
 
-A version never changes and never forgets: ``v(n) = v(n-1) + the records accepted in submission
-n``. Each version has a folder ``<workspace>/datasets/<name>/v<n>/`` holding
+A version never changes and never forgets: ``v(n) = v(n-1) + records accepted − records withdrawn``.
+Each version has a folder ``<workspace>/datasets/<name>/v<n>/`` holding
 
-* ``records.parquet`` — the delta: the schema columns, ``record_id`` and ``owner``, in registry
-  sequence order;
-* ``quarantine.parquet`` — the rows the contract refused in that submission (possibly none);
-* ``contract_report.json`` — the ``ContractReport`` as canonical JSON (its sha256 is the report
-  digest);
-* ``manifest.json`` — canonical JSON naming the dataset, version, parent, contract and schema
-  digests, the record count, owner counts, the digest of every file in the folder and of every
-  delta v1..vn, and the Merkle root over **all** record ids of v1..vn in sequence order
-  (``merkle_root_hex([bytes.fromhex(id) ...])``). Its sha256 is the version's manifest digest.
+* ``records.parquet`` — the delta: the records this version adds (possibly none), with the schema
+  columns, ``record_id`` and ``owner``, in registry sequence order;
+* ``withdrawn.parquet`` — only when the version withdraws records: their ids (``record_id``), in
+  sequence order. Withdrawn records disappear from this version on; earlier versions keep them;
+* ``quarantine.parquet`` and ``contract_report.json`` — for a version made by a submission: the
+  rows the contract refused and the ``ContractReport`` as canonical JSON (its sha256 is the report
+  digest). A withdrawal checks no rows and has neither;
+* ``manifest.json`` — canonical JSON (``MANIFEST_FORMAT``) naming the dataset, version, parent and
+  the parent's manifest digest, contract kind and digest, the schema and its digest, the record
+  count, records added and withdrawn here, owner counts, the digest of every file in the folder,
+  every delta and withdrawal file of v1..vn, ``near_duplicate_groups`` (groups of record ids that
+  valuation lets share one value), and the Merkle root over the version's record ids in sequence
+  order after withdrawals (``merkle_root_hex([bytes.fromhex(id) ...])``).
+
+The manifest is content-addressed: its sha256 is the version's identity, the registry stores it and
+every reader checks it, and each manifest names its parent's, so a version pins its whole chain.
 
 The folder is DVC-tracked and pushed to the remote; ``DatasetVersion`` is the typed handle the
-registry returns and the trainer, worker and settlement pass along.
+registry returns and the trainer, worker and settlement pass along. ``release`` hands a worker the
+delta files and the withdrawal files; the worker drops withdrawn ids before checking the root.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +46,16 @@ import pyarrow.parquet as pq
 from databright.crypto import canonical_json, digest_file, merkle_root_hex, sha256_hex
 from databright.datasets.contracts import Contract, Schema
 from databright.datasets.validation import ContractReport
-from databright.errors import IntegrityError, StorageError
+from databright.errors import DatasetError, IntegrityError, StorageError
 
-MANIFEST_FORMAT = "databright.dataset-manifest/v1"
+MANIFEST_FORMAT = "databright.dataset-manifest/v2"
 RECORDS_FILE = "records.parquet"
+WITHDRAWN_FILE = "withdrawn.parquet"
 QUARANTINE_FILE = "quarantine.parquet"
 REPORT_FILE = "contract_report.json"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = "ingest.lock"
+_RECORD_ID = re.compile(r"^[0-9a-f]{64}$")
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "string": pa.string()}
 _NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.string(): pd.StringDtype()}
 
@@ -48,6 +63,23 @@ _NULLABLE = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.st
 def version_folder(dataset: str, version: int) -> str:
     """The version folder relative to the workspace, with ``/`` separators."""
     return f"datasets/{dataset}/v{version}"
+
+
+@contextmanager
+def version_lock(home: Path) -> Iterator[None]:
+    """One writer of versions per home: ingest and withdrawal both take it.
+
+    Version numbers, the dedup view and the DVC workspace are shared, so two writers must never
+    prepare a version at the same time. A ``flock`` on ``<home>/ingest.lock`` is released by the
+    kernel if the process dies, so a crash never leaves the home locked.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,8 @@ class DatasetVersion:
     data_digests: tuple[str, ...]
     manifest_digest: str
     dvc_md5: str
+    withdrawn_paths: tuple[str, ...] = ()  # withdrawal files of v1..vn (only versions that have one)
+    withdrawn_digests: tuple[str, ...] = ()
 
     @property
     def folder(self) -> str:
@@ -89,6 +123,8 @@ class DatasetVersion:
             "owner_counts": dict(sorted(self.owner_counts.items())),
             "data_paths": list(self.data_paths),
             "data_digests": list(self.data_digests),
+            "withdrawn_paths": list(self.withdrawn_paths),
+            "withdrawn_digests": list(self.withdrawn_digests),
             "manifest_digest": self.manifest_digest,
             "dvc_md5": self.dvc_md5,
         }
@@ -98,6 +134,28 @@ class DatasetVersion:
             f"DatasetVersion({self.dataset} v{self.version}, {self.record_count} records, "
             f"{len(self.owner_counts)} owners, root={self.merkle_root[:12]}…)"
         )
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a worker needs to rebuild a version: the deltas v1..vn and the withdrawal files, in order.
+
+    Records = the rows of ``data_files`` concatenated, minus every id listed in ``withdrawn_files``.
+    """
+
+    version: DatasetVersion
+    data_files: tuple[Path, ...]
+    withdrawn_files: tuple[Path, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.version.dataset,
+            "version": self.version.version,
+            "merkle_root": self.version.merkle_root,
+            "record_count": self.version.record_count,
+            "data_files": [str(p) for p in self.data_files],
+            "withdrawn_files": [str(p) for p in self.withdrawn_files],
+        }
 
 
 # --- writing a version folder -----------------------------------------------------------------
@@ -112,6 +170,8 @@ class WrittenVersion:
     manifest_digest: str
     data_path: str
     data_digest: str
+    withdrawn_path: str | None = None
+    withdrawn_digest: str | None = None
 
 
 def records_table(records: pd.DataFrame, schema: Schema) -> pa.Table:
@@ -130,6 +190,37 @@ def records_table(records: pd.DataFrame, schema: Schema) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
+def _write_records(path: Path, records: pd.DataFrame | Iterable[pd.DataFrame], schema: Schema) -> int:
+    """Write the delta (one frame or a stream of frames) as one Parquet file; return its row count."""
+    frames = [records] if isinstance(records, pd.DataFrame) else records
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for frame in frames:
+            table = records_table(frame, schema)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            rows += table.num_rows
+        if writer is None:  # no frames at all: still a valid, empty delta
+            pq.write_table(records_table(empty_records(schema), schema), path)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def empty_records(schema: Schema) -> pd.DataFrame:
+    """A delta with no rows (a version that only withdraws), with the columns ``records_table`` wants."""
+    return pd.DataFrame(
+        {name: pd.Series([], dtype="object") for name in [*schema.names, "record_id", "owner"]}
+    )
+
+
+def withdrawn_table(ids: Sequence[str]) -> pa.Table:
+    return pa.table({"record_id": pa.array(list(ids), pa.string())})
+
+
 def quarantine_table(report: ContractReport) -> pa.Table:
     frame = report.to_dataframe()
     schema = pa.schema(
@@ -143,6 +234,43 @@ def quarantine_table(report: ContractReport) -> pa.Table:
     return pa.Table.from_pandas(frame, schema=schema, preserve_index=False).replace_schema_metadata(None)
 
 
+def check_record_ids(ids: Sequence[str], what: str) -> list[str]:
+    """Refuse anything that is not a 64-hex record id, naming the first offender and its position."""
+    out = list(ids)
+    for index, rid in enumerate(out):
+        if not isinstance(rid, str) or not _RECORD_ID.match(rid):
+            raise DatasetError(
+                f"{what}[{index}] is {rid!r}, not a record id; record ids are 64 lowercase hex digits "
+                "(sha256 of the canonical row) as listed by the registry",
+                index=index,
+                value=rid,
+            )
+    return out
+
+
+def check_near_duplicate_groups(groups: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Groups as the manifest stores them: each of two or more record ids, no id in two groups."""
+    seen: dict[str, int] = {}
+    out: list[list[str]] = []
+    for number, group in enumerate(groups):
+        if isinstance(group, str) or len(group) < 2:
+            raise DatasetError(
+                f"near_duplicate_groups[{number}] is {group!r}; a group lists two or more record ids",
+                group=number,
+            )
+        members = check_record_ids(group, f"near_duplicate_groups[{number}]")
+        for rid in members:
+            if rid in seen:
+                raise DatasetError(
+                    f"record {rid[:16]}… is in near_duplicate_groups[{seen[rid]}] and [{number}]; groups are "
+                    "connected components, so merge them into one",
+                    record_id=rid,
+                )
+            seen[rid] = number
+        out.append(members)
+    return out
+
+
 def write_version_folder(
     workspace: Path,
     *,
@@ -150,26 +278,50 @@ def write_version_folder(
     version: int,
     parent: DatasetVersion | None,
     contract: Contract,
-    records: pd.DataFrame,
-    report: ContractReport,
+    records: pd.DataFrame | Iterable[pd.DataFrame],
+    report: ContractReport | None,
     merkle_root: str,
     owner_counts: dict[str, int],
+    near_duplicate_groups: Sequence[Sequence[str]] = (),
+    withdrawn: Sequence[str] = (),
+    contract_digest: str | None = None,
 ) -> WrittenVersion:
-    """Write the four files of ``v<version>`` atomically (staging folder, then one rename)."""
+    """Write ``v<version>`` atomically (staging folder, then one rename); see the module docstring.
+
+    ``records`` are the records added (possibly none) — one frame, or frames in sequence order
+    that are written one row group at a time so a large delta never sits in memory whole —
+    ``withdrawn`` the ids removed, in sequence order; ``merkle_root`` and ``owner_counts``
+    describe the resulting version. ``report`` is None
+    for a version that checks no rows (a withdrawal), which also keeps its parent's
+    ``contract_digest``.
+    """
     final = workspace / version_folder(dataset, version)
     if final.exists():
         raise StorageError(
             f"{final} already exists; a version folder is written once — remove the leftover folder "
             "if no registry row names it, then submit again"
         )
+    withdrawn_ids = check_record_ids(withdrawn, "withdrawn")
+    groups = check_near_duplicate_groups(near_duplicate_groups)
     staging = final.parent / f".staging-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
-        pq.write_table(records_table(records, contract.schema), staging / RECORDS_FILE)
-        pq.write_table(quarantine_table(report), staging / QUARANTINE_FILE)
-        (staging / REPORT_FILE).write_bytes(canonical_json(report.to_dict()))
-        data_path = f"{version_folder(dataset, version)}/{RECORDS_FILE}"
+        folder = version_folder(dataset, version)
+        added = _write_records(staging / RECORDS_FILE, records, contract.schema)
+        names = [RECORDS_FILE]
+        if report is not None:
+            pq.write_table(quarantine_table(report), staging / QUARANTINE_FILE)
+            (staging / REPORT_FILE).write_bytes(canonical_json(report.to_dict()))
+            names += [QUARANTINE_FILE, REPORT_FILE]
+        withdrawn_path = withdrawn_digest = None
+        if withdrawn_ids:
+            pq.write_table(withdrawn_table(withdrawn_ids), staging / WITHDRAWN_FILE)
+            names.append(WITHDRAWN_FILE)
+            withdrawn_path = f"{folder}/{WITHDRAWN_FILE}"
+            withdrawn_digest = digest_file(staging / WITHDRAWN_FILE)
+        data_path = f"{folder}/{RECORDS_FILE}"
         data_digest = digest_file(staging / RECORDS_FILE)
+        files = {name: digest_file(staging / name) for name in sorted(names)}
         deltas = (
             [
                 {"version": i + 1, "path": p, "digest": d}
@@ -179,22 +331,36 @@ def write_version_folder(
             else []
         )
         deltas.append({"version": version, "path": data_path, "digest": data_digest})
+        withdrawals = (
+            [
+                {"path": p, "digest": d}
+                for p, d in zip(parent.withdrawn_paths, parent.withdrawn_digests, strict=True)
+            ]
+            if parent
+            else []
+        )
+        if withdrawn_path is not None and withdrawn_digest is not None:
+            withdrawals.append({"path": withdrawn_path, "digest": withdrawn_digest})
         manifest = {
             "format": MANIFEST_FORMAT,
             "dataset": dataset,
             "version": version,
             "parent": parent.version if parent else None,
+            "parent_manifest_digest": parent.manifest_digest if parent else None,
             "contract_kind": contract.kind,
-            "contract_digest": contract.digest,
+            "contract_digest": contract_digest or contract.digest,
+            "schema": contract.schema.to_dict(),
             "schema_digest": contract.schema.digest,
             "merkle_root": merkle_root,
-            "record_count": (parent.record_count if parent else 0) + len(records),
+            "record_count": (parent.record_count if parent else 0) + added - len(withdrawn_ids),
+            "added_count": added,
+            "withdrawn_count": len(withdrawn_ids),
             "owner_counts": dict(sorted(owner_counts.items())),
-            "report_digest": report.digest,
-            "files": {
-                name: digest_file(staging / name) for name in (RECORDS_FILE, QUARANTINE_FILE, REPORT_FILE)
-            },
+            "report_digest": report.digest if report is not None else None,
+            "files": files,
             "deltas": deltas,
+            "withdrawals": withdrawals,
+            "near_duplicate_groups": groups,
         }
         manifest_bytes = canonical_json(manifest)
         (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
@@ -202,7 +368,15 @@ def write_version_folder(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return WrittenVersion(final, manifest, sha256_hex(manifest_bytes), data_path, data_digest)
+    return WrittenVersion(
+        final,
+        manifest,
+        sha256_hex(manifest_bytes),
+        data_path,
+        data_digest,
+        withdrawn_path,
+        withdrawn_digest,
+    )
 
 
 # --- reading a version back -------------------------------------------------------------------
@@ -214,46 +388,80 @@ def read_manifest(workspace_dir: Path, version: DatasetVersion) -> dict[str, Any
     if not path.is_file():
         raise StorageError(
             f"{path} is missing; restore the version folder with "
-            f"databright.storage.dvc_versions.pull(workspace, {version.folder!r})"
+            f"databright.datasets.lineage.pull_version(settings, db, {version.dataset!r}, {version.version})"
         )
     data = path.read_bytes()
     if sha256_hex(data) != version.manifest_digest:
         raise IntegrityError(
             f"{path} has digest {sha256_hex(data)[:16]}…, the registry says {version.manifest_digest[:16]}…; "
-            "the folder was modified — pull it again from the DVC remote"
+            "the folder was modified — pull it again from the DVC remote",
+            file=str(path),
         )
     manifest: dict[str, Any] = json.loads(data)
     return manifest
 
 
+def _checked(workspace_dir: Path, rel: str, digest: str, verify: bool) -> Path:
+    path = (workspace_dir / rel).resolve()
+    if not path.is_file():
+        raise StorageError(
+            f"{path} is missing; restore it with databright.storage.dvc_versions.pull(workspace, "
+            f"{rel.rsplit('/', 1)[0]!r})"
+        )
+    if verify and digest_file(path) != digest:
+        raise IntegrityError(
+            f"{path} does not match its registered digest {digest[:16]}…; pull it again from the DVC remote",
+            file=str(path),
+        )
+    return path
+
+
 def release_files(workspace_dir: Path, version: DatasetVersion, *, verify: bool = True) -> tuple[Path, ...]:
-    """Absolute paths of the delta Parquet files of v1..vn, for a worker; digests checked."""
-    paths = []
-    for rel, digest in zip(version.data_paths, version.data_digests, strict=True):
-        path = (workspace_dir / rel).resolve()
-        if not path.is_file():
-            raise StorageError(
-                f"{path} is missing; restore it with databright.storage.dvc_versions.pull(workspace, "
-                f"{rel.rsplit('/', 1)[0]!r})"
-            )
-        if verify and digest_file(path) != digest:
-            raise IntegrityError(
-                f"{path} does not match its registered digest {digest[:16]}…; "
-                "pull it again from the DVC remote"
-            )
-        paths.append(path)
-    return tuple(paths)
+    """Absolute paths of the delta Parquet files of v1..vn, digests checked.
+
+    These are the records ever added; a version with withdrawals holds fewer. A worker needs
+    ``release`` (deltas and withdrawal files) to rebuild the version.
+    """
+    return tuple(
+        _checked(workspace_dir, rel, digest, verify)
+        for rel, digest in zip(version.data_paths, version.data_digests, strict=True)
+    )
+
+
+def release(workspace_dir: Path, version: DatasetVersion, *, verify: bool = True) -> Release:
+    """The files a worker needs for ``version``: deltas and withdrawal files, digests checked."""
+    withdrawn = tuple(
+        _checked(workspace_dir, rel, digest, verify)
+        for rel, digest in zip(version.withdrawn_paths, version.withdrawn_digests, strict=True)
+    )
+    return Release(version, release_files(workspace_dir, version, verify=verify), withdrawn)
+
+
+def read_withdrawn(path: Path) -> list[str]:
+    """The record ids of one ``withdrawn.parquet``, in file order."""
+    try:
+        table = pq.read_table(path, columns=["record_id"])
+    except (OSError, pa.ArrowInvalid, KeyError) as exc:
+        raise IntegrityError(
+            f"{path} is not a withdrawal file with a record_id column ({exc}); pull the version again",
+            file=str(path),
+        ) from exc
+    return [str(v) for v in table.column("record_id").to_pylist()]
 
 
 def load_version_frame(workspace_dir: Path, version: DatasetVersion, *, verify: bool = True) -> pd.DataFrame:
-    """All records of ``version`` (deltas v1..vn concatenated, sequence order), nullable dtypes.
+    """All records of ``version`` (deltas v1..vn concatenated, minus withdrawals), nullable dtypes.
 
     With ``verify`` the file digests, the record count and the Merkle root over ``record_id`` are
     checked against the registry, so a caller never trains on data that differs from the version.
     """
-    tables = [pq.read_table(path) for path in release_files(workspace_dir, version, verify=verify)]
+    files = release(workspace_dir, version, verify=verify)
+    tables = [pq.read_table(path) for path in files.data_files]
     table = pa.concat_tables(tables) if tables else pa.table({})
     frame = table.to_pandas(types_mapper=_NULLABLE.get)
+    withdrawn = {rid for path in files.withdrawn_files for rid in read_withdrawn(path)}
+    if withdrawn:
+        frame = frame[~frame["record_id"].isin(withdrawn)].reset_index(drop=True)
     if verify:
         if len(frame) != version.record_count:
             raise IntegrityError(

@@ -2,9 +2,11 @@
 
 The workspace (``Settings.workspace_dir``) is a DVC repository initialised with ``no_scm=True``
 (DataBright's registry, not git, records which version is which); its default remote is the
-local directory ``Settings.dvc_remote_dir`` — the embedded object store — or any DVC remote URL,
-such as ``s3://bucket/dvc``, in production. Analytics are off in the repository config, DVC's
-site cache lives inside the workspace, and DVC's own log lines are silenced while we call it.
+local directory ``Settings.dvc_remote`` — the embedded object store — or, when an S3 bucket is
+configured, a ``DvcRemote`` such as ``s3://bucket/prefix/dvc`` with its ``endpointurl`` (dvc-s3).
+Credentials go to ``.dvc/config.local``, DVC's place for secrets, never to ``.dvc/config``.
+Analytics are off in the repository config, DVC's site cache lives inside the workspace, and DVC's
+own log lines are silenced while we call it.
 
 Every DVC exception is translated here into ``StorageError``; nothing else imports DVC. DVC is
 imported lazily: ``dvc.repo`` costs about half a second.
@@ -18,8 +20,9 @@ lazily; after that, ``add`` + ``push`` of a version folder takes about 0.1-0.3 s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,42 @@ if TYPE_CHECKING:
     from dvc.repo import Repo
 
 REMOTE_NAME = "exchange"
+
+
+@dataclass(frozen=True)
+class DvcRemote:
+    """A DVC remote by URL, with the options DVC's S3 remote reads (``endpointurl`` and the like).
+
+    Credentials are kept out of ``repr`` and are written to ``.dvc/config.local`` only.
+    """
+
+    url: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+
+    def options(self) -> dict[str, str]:
+        """The remote's section of ``.dvc/config``: everything but secrets."""
+        options = {"url": self.url}
+        if self.endpoint_url:
+            options["endpointurl"] = self.endpoint_url
+        if self.region:
+            options["region"] = self.region
+        return options
+
+    def secrets(self) -> dict[str, str]:
+        """The remote's section of ``.dvc/config.local``."""
+        secrets = {}
+        if self.access_key_id:
+            secrets["access_key_id"] = self.access_key_id
+        if self.secret_access_key:
+            secrets["secret_access_key"] = self.secret_access_key
+        return secrets
+
+    def __repr__(self) -> str:
+        extra = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
+        return f"DvcRemote({self.url!r}{extra})"
 
 
 @contextmanager
@@ -70,9 +109,19 @@ def _open(workspace: Path) -> Iterator[Repo]:
         repo.close()
 
 
-def init_workspace(workspace: Path, remote: Path | str) -> None:
+def _remote(remote: Path | str | DvcRemote) -> DvcRemote:
+    if isinstance(remote, DvcRemote):
+        return remote
+    if isinstance(remote, Path):
+        remote.mkdir(parents=True, exist_ok=True)
+        return DvcRemote(str(remote.resolve()))
+    return DvcRemote(remote)
+
+
+def init_workspace(workspace: Path, remote: Path | str | DvcRemote) -> None:
     """Make ``workspace`` a DVC repository (no git) whose default remote is ``remote``. Idempotent.
 
+    ``remote`` is a local folder, a URL, or a ``DvcRemote`` (URL plus S3 options and credentials).
     This writes what ``dvc init --no-scm`` writes (``.dvc/config``, ``.dvcignore``) through DVC's
     ``Config`` rather than calling ``Repo.init``: ``Repo.init`` opens the repository before the
     config can move its site cache, which would leave a folder in ``/var/tmp/dvc`` per workspace.
@@ -82,9 +131,7 @@ def init_workspace(workspace: Path, remote: Path | str) -> None:
     from dvc.ignore import init as init_dvcignore
 
     workspace.mkdir(parents=True, exist_ok=True)
-    url = str(remote.resolve()) if isinstance(remote, Path) else remote
-    if isinstance(remote, Path):
-        remote.mkdir(parents=True, exist_ok=True)
+    spec = _remote(remote)
     dvc_dir = workspace / ".dvc"
     site_cache = str(dvc_dir / "tmp" / "site-cache")
     try:
@@ -95,20 +142,30 @@ def init_workspace(workspace: Path, remote: Path | str) -> None:
             config = Config.init(str(dvc_dir))
             init_dvcignore(str(workspace))
         core = config.get("core", {})
+        # The merged config has validated types and schema defaults; the raw levels say which file
+        # holds which key, which is what must match for the URL and for the secrets.
         if (
-            config.get("remote", {}).get(REMOTE_NAME, {}).get("url") == url
+            config.load_one("repo").get("remote", {}).get(REMOTE_NAME) == spec.options()
+            and config.load_one("local").get("remote", {}).get(REMOTE_NAME, {}) == spec.secrets()
             and core.get("remote") == REMOTE_NAME
             and core.get("no_scm") is True
             and core.get("analytics") is False
             and core.get("site_cache_dir") == site_cache
         ):
             return
+        # Secrets first and unvalidated: the merged config is only consistent once the URL that the
+        # repo level names (S3 or a folder) agrees with them, which the validated edit below checks.
+        with config.edit("local", validate=False) as conf:
+            if spec.secrets():
+                conf["remote"][REMOTE_NAME] = spec.secrets()
+            else:
+                conf["remote"].pop(REMOTE_NAME, None)
         with config.edit() as conf:
             conf["core"]["no_scm"] = True
             conf["core"]["analytics"] = False
             conf["core"]["site_cache_dir"] = site_cache
             conf["core"]["remote"] = REMOTE_NAME
-            conf["remote"][REMOTE_NAME] = {"url": url}
+            conf["remote"][REMOTE_NAME] = spec.options()
     except DvcException as exc:
         raise _dvc_error("initialise", workspace, exc) from exc
 
@@ -160,19 +217,52 @@ def track_and_push(workspace: Path, folder: Path | str) -> str:
     return _md5_of(dvc_file(workspace, path))
 
 
-def pull(workspace: Path, folder: Path | str) -> None:
-    """Restore a tracked folder's files from the remote (after they were deleted locally)."""
+def pull(workspace: Path, folder: Path | str | Sequence[Path | str]) -> None:
+    """Restore tracked folders' files from the cache or the remote (after they were deleted locally).
+
+    ``folder`` is one folder or several, pulled in one DVC call; files that differ from what the
+    ``.dvc`` file names are overwritten.
+    """
     from dvc.exceptions import DvcException
+
+    folders = [folder] if isinstance(folder, Path | str) else list(folder)
+    paths = [_folder(workspace, f) for f in folders]
+    targets = [dvc_file(workspace, path) for path in paths]
+    for path, target in zip(paths, targets, strict=True):
+        if not target.is_file():
+            raise StorageError(f"{path} is not tracked ({target} is missing); nothing to pull")
+    if not targets:
+        return
+    with _quiet(), _open(workspace) as repo:
+        try:
+            repo.pull(targets=[str(t) for t in targets], force=True)
+        except DvcException as exc:
+            where = paths[0] if len(paths) == 1 else f"{len(paths)} folders ({paths[0]}, …)"
+            raise _dvc_error("pull", where, exc) from exc
+
+
+def ensure_tracked(workspace: Path, folder: Path | str, md5: str) -> None:
+    """Make sure the folder's ``.dvc`` file names ``md5``; write it if it was lost.
+
+    The registry keeps every version's DVC md5, so a workspace whose ``.dvc`` files are gone (a
+    fresh machine, a wiped disk) can still pull any version from the remote.
+    """
+    import yaml
 
     path = _folder(workspace, folder)
     target = dvc_file(workspace, path)
-    if not target.is_file():
-        raise StorageError(f"{path} is not tracked ({target} is missing); nothing to pull")
-    with _quiet(), _open(workspace) as repo:
-        try:
-            repo.pull(targets=[str(target)], force=True)
-        except DvcException as exc:
-            raise _dvc_error("pull", path, exc) from exc
+    if target.is_file():
+        found = _md5_of(target)
+        if found != md5:
+            raise StorageError(
+                f"{target} names md5 {found}, the registry says {md5}; the .dvc file was changed — "
+                "delete it and pull again so it is rewritten from the registry",
+                target=str(target),
+            )
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out = {"outs": [{"md5": md5, "hash": "md5", "path": path.name}]}
+    target.write_text(yaml.safe_dump(out, sort_keys=False), encoding="utf-8")
 
 
 def untrack(workspace: Path, folder: Path | str) -> None:

@@ -3,9 +3,10 @@
 ``run_job`` trusts nothing it is handed except its own session key and the measurement its worker
 took of the task folder:
 
-1. it loads the dataset version's Parquet files in order and recomputes every record id from the
-   row's canonical bytes, then the Merkle root over the ids; a single altered cell, a swapped or
-   missing row, or a wrong file refuses the job with ``IntegrityError`` before any training;
+1. it loads the dataset version's Parquet files in order, drops the ids the version withdrew
+   (``spec.withdrawn_files``; each must be in the data), and recomputes every remaining record id
+   from the row's canonical bytes, then the Merkle root over the ids; a single altered cell, a
+   swapped or missing row, or a wrong file refuses the job with ``IntegrityError`` before training;
 2. it loads the trainer's validation file (CSV or Parquet) and the task's entrypoint;
 3. the task trains and meters every record it reads;
 4. exact KNN-Shapley values each training record against the validation set, in the task's
@@ -56,8 +57,26 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
     raise UnreadableFile(f"{what} {path} has suffix {suffix!r}; give a .csv or .parquet file")
 
 
+def load_withdrawn(spec: JobSpec) -> set[str]:
+    """Every record id listed in the spec's withdrawal files."""
+    withdrawn: set[str] = set()
+    for file in spec.withdrawn_files:
+        frame = _read_table(Path(file), "withdrawal file")
+        if "record_id" not in frame.columns:
+            raise SchemaMismatch(
+                f"withdrawal file {file} lacks the record_id column (has {list(frame.columns)}); pass the "
+                "version's withdrawn.parquet files from datasets.release"
+            )
+        withdrawn.update(str(v) for v in frame["record_id"].tolist())
+    return withdrawn
+
+
 def load_dataset(spec: JobSpec, schema: Schema) -> tuple[pd.DataFrame, list[tuple[str, int]]]:
-    """The version's rows in order, and for each global row its (file, row within file)."""
+    """The version's rows in order, and for each global row its (file, row within file).
+
+    Rows whose id a withdrawal file lists are dropped; an id listed there but absent from the data
+    means the files are not one version's release, and the job is refused.
+    """
     frames: list[pd.DataFrame] = []
     origin: list[tuple[str, int]] = []
     wanted = [*schema.names, *_META_COLUMNS]
@@ -72,6 +91,20 @@ def load_dataset(spec: JobSpec, schema: Schema) -> tuple[pd.DataFrame, list[tupl
         frames.append(frame[wanted])
         origin.extend((file, row) for row in range(len(frame)))
     dataset = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    withdrawn = load_withdrawn(spec)
+    if withdrawn:
+        listed = dataset["record_id"].astype(str)
+        absent = withdrawn - set(listed)
+        if absent:
+            raise IntegrityError(
+                f"dataset {spec.dataset} v{spec.dataset_version}: the withdrawal files list "
+                f"{len(absent)} record(s) that no data file holds (e.g. {sorted(absent)[0][:16]}…); the "
+                "files are not one version's release — fetch the version's files again",
+                absent=len(absent),
+            )
+        keep = ~listed.isin(withdrawn).to_numpy()
+        dataset = dataset[keep].reset_index(drop=True)
+        origin = [o for o, k in zip(origin, keep.tolist(), strict=True) if k]
     if dataset.empty:
         raise TrainingError(
             f"dataset {spec.dataset} v{spec.dataset_version} has no rows; nothing to train on"
@@ -101,7 +134,8 @@ def verify_records(
         raise IntegrityError(
             f"dataset {spec.dataset} v{spec.dataset_version}: the {len(actual)} records have Merkle root "
             f"{root[:16]}…, but the job expects {spec.expected_merkle_root[:16]}…; rows were added, "
-            "removed or reordered, or the wrong files were sent — fetch the version's files again",
+            "removed or reordered, or the wrong files were sent (a version with withdrawals needs its "
+            "withdrawn_files too) — fetch the version's files again with datasets.release",
             computed=root,
             expected=spec.expected_merkle_root,
         )

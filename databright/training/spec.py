@@ -57,6 +57,8 @@ class JobSpec:
     attestation_result_id: str = ""
     assurance: str = "simulated"
     output_dir: str = ""
+    # Parquet files of record ids the version withdrew (``datasets.release``); the runner drops them.
+    withdrawn_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("job_id", "period", "run_id", "provider_id", "task", "dataset", "attestation_result_id"):
@@ -73,6 +75,14 @@ class JobSpec:
             )
         for index, path in enumerate(files):
             _absolute(f"data_files[{index}]", path)
+        withdrawn = tuple(self.withdrawn_files) if isinstance(self.withdrawn_files, list | tuple) else None
+        if withdrawn is None:
+            raise TrainingError(
+                f"job spec withdrawn_files is {self.withdrawn_files!r}; list the version's withdrawal "
+                "Parquet files (or none)"
+            )
+        for index, path in enumerate(withdrawn):
+            _absolute(f"withdrawn_files[{index}]", path)
         if not isinstance(self.expected_merkle_root, str) or not _HEX64.match(self.expected_merkle_root):
             raise TrainingError(
                 f"job spec expected_merkle_root {self.expected_merkle_root!r} is not 64 lowercase hex "
@@ -91,6 +101,7 @@ class JobSpec:
                 "attestation result"
             )
         object.__setattr__(self, "data_files", files)
+        object.__setattr__(self, "withdrawn_files", withdrawn)
         object.__setattr__(self, "schema", dict(self.schema))
         object.__setattr__(self, "config", dict(self.config))
 

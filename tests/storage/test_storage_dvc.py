@@ -68,3 +68,63 @@ def test_errors_are_storage_errors(settings: Settings, tmp_path: Path) -> None:
         dvc_versions.track_and_push(settings.workspace_dir, "datasets/none/v1")
     with pytest.raises(StorageError, match="is not tracked"):
         dvc_versions.pull(settings.workspace_dir, "datasets/none/v1")
+
+
+def test_an_s3_remote_keeps_its_secrets_in_config_local(settings: Settings) -> None:
+    from dvc.config import Config
+
+    workspace = settings.workspace_dir
+    remote = dvc_versions.DvcRemote(
+        "s3://bucket/prefix/dvc",
+        endpoint_url="http://127.0.0.1:9000",
+        region="eu-west-1",
+        access_key_id="AKID",
+        secret_access_key="s3cr3t",
+    )
+    dvc_versions.init_workspace(workspace, remote)
+    config, local = (
+        (workspace / ".dvc" / "config").read_text(),
+        (workspace / ".dvc" / "config.local").read_text(),
+    )
+    assert "url = s3://bucket/prefix/dvc" in config and "endpointurl = http://127.0.0.1:9000" in config
+    assert "s3cr3t" not in config and "AKID" not in config
+    assert "secret_access_key = s3cr3t" in local and "access_key_id = AKID" in local
+    merged = Config(dvc_dir=str(workspace / ".dvc"))["remote"][dvc_versions.REMOTE_NAME]
+    assert (merged["url"], merged["endpointurl"], merged["secret_access_key"]) == (
+        "s3://bucket/prefix/dvc",
+        "http://127.0.0.1:9000",
+        "s3cr3t",
+    )
+    # Idempotent, and switching back to a folder drops the S3 options and the secrets.
+    stamp = (workspace / ".dvc" / "config").stat().st_mtime_ns
+    dvc_versions.init_workspace(workspace, remote)
+    assert (workspace / ".dvc" / "config").stat().st_mtime_ns == stamp
+    dvc_versions.init_workspace(workspace, settings.dvc_remote_dir)
+    assert "s3cr3t" not in (workspace / ".dvc" / "config.local").read_text()
+    merged = Config(dvc_dir=str(workspace / ".dvc"))["remote"][dvc_versions.REMOTE_NAME]
+    assert merged["url"] == str(settings.dvc_remote_dir.resolve()) and "endpointurl" not in merged
+
+
+def test_lost_dvc_files_are_rewritten_from_the_md5_and_pulled_together(settings: Settings) -> None:
+    workspace = settings.workspace_dir
+    dvc_versions.init_workspace(workspace, settings.dvc_remote_dir)
+    contents = {}
+    md5s = {}
+    for version in (1, 2):
+        folder = workspace / "datasets" / "demo" / f"v{version}"
+        folder.mkdir(parents=True)
+        contents[version] = {"records.parquet": f"rows of v{version}".encode(), "manifest.json": b"{}"}
+        for name, data in contents[version].items():
+            (folder / name).write_bytes(data)
+        md5s[version] = dvc_versions.track_and_push(workspace, folder)
+    shutil.rmtree(workspace / "datasets")
+    shutil.rmtree(workspace / ".dvc" / "cache")
+    for version in (1, 2):
+        dvc_versions.ensure_tracked(workspace, f"datasets/demo/v{version}", md5s[version])
+    dvc_versions.pull(workspace, ["datasets/demo/v1", "datasets/demo/v2"])
+    for version in (1, 2):
+        folder = workspace / "datasets" / "demo" / f"v{version}"
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == contents[version]
+    dvc_versions.ensure_tracked(workspace, "datasets/demo/v1", md5s[1])  # present and right: a no-op
+    with pytest.raises(StorageError, match=r"v1\.dvc names md5 .*, the registry says 0+\.dir"):
+        dvc_versions.ensure_tracked(workspace, "datasets/demo/v1", "0" * 32 + ".dir")
