@@ -1,17 +1,24 @@
-"""Registering a contributor's file: the library behind the ``ingest`` flow.
+"""Registering a contributor's file: the library behind the ``ingest`` flow, in two phases.
 
-``register_file`` runs, in order::
+**Stage** (``stage_submission``: pure work on the contributor's file, no registry writes)::
 
-    read (size cap) → contract (schema drift refused, bad rows quarantined) → canonical record ids
-    → dedup (against everyone's records in the dataset, then within the file: first wins)
-    → version folder v<n> (records, quarantine, report, Merkle manifest) → DVC add + push
-    → ONE registry transaction (dataset if new, version, records, submission, quarantine)
+    open (caps, archives, dialect) → schema drift refused whole → chunk by chunk: contract
+    (bad rows quarantined) → canonical record ids → duplicates within the file dropped (first
+    occurrence wins) → accepted rows appended to ``<home>/staging/<submission>/accepted.parquet``
 
-Nothing is half-registered: if DVC or the registry fails, the version folder and its ``.dvc``
-file are removed and no registry row exists. If no row survives (all quarantined or duplicates),
-no version is made, the submission and its quarantine are still recorded, and
-``NothingAccepted`` is raised with the counts. Ingests into one home are serialised by a file
-lock, so two submissions can never claim the same version number.
+**Publish** (``publish_submission``: under the version lock, safe to retry)::
+
+    duplicates of the dataset's registered records refused (credit stays with the first
+    registrant, by registry sequence) → near-duplicate groups over the whole version → version
+    folder v<n> (delta, quarantine, report, Merkle manifest) → DVC add + push → ONE registry
+    transaction (dataset if new, version, records, submission, quarantine)
+
+Memory stays bounded by one chunk while staging; the accepted rows wait on disk, and publishing
+streams them into the version's delta. Nothing is half-registered: a failure before the registry
+commit leaves no version folder, no ``.dvc`` file and no registry row, and a crash at any step
+leaves either no new version or a complete one. If no row survives, no version is made, the
+submission and its quarantine are still recorded, and ``NothingAccepted`` is raised with the
+counts. For every submission ``rows_received = accepted + quarantined_rows + duplicates_refused``.
 
 A dataset keeps its contract kind; its schema may not change between versions (the suite may be
 tightened — each version records the contract digest it was checked against).
@@ -20,34 +27,45 @@ tightened — each version records the contract digest it was checked against).
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from databright.config import Settings
-from databright.crypto import digest_file, merkle_root_hex
+from databright.crypto import merkle_root_hex
 from databright.datasets.canonical import record_ids
-from databright.datasets.contracts import Contract, load_contract
-from databright.datasets.formats import DEFAULT_MAX_BYTES, read_table
+from databright.datasets.contracts import Contract, check_columns, load_contract
+from databright.datasets.formats import CsvDialect, ReadLimits, open_table
+from databright.datasets.near_duplicates import NearDuplicateFinder
 from databright.datasets.registry import NewVersion, Registry, Submission
-from databright.datasets.validation import ContractReport, validate
+from databright.datasets.validation import ContractReport, Validator
 from databright.datasets.versions import (
     MANIFEST_FILE,
     DatasetVersion,
+    load_version_frame,
     quarantine_table,
     version_folder,
+    version_lock,
     write_version_folder,
 )
 from databright.db import ExchangeDB
 from databright.errors import DatasetError, NothingAccepted
 from databright.storage import dvc_versions
+
+ACCEPTED_FILE = "accepted.parquet"
+
+
+def checkpoint(step: str) -> None:
+    """Called between the steps of a publish; tests replace it to crash the process right there."""
+
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 OWNER_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -106,18 +124,6 @@ class IngestResult:
         )
 
 
-@contextmanager
-def _ingest_lock(settings: Settings) -> Iterator[None]:
-    """One ingest at a time per home: version numbers and the DVC workspace are shared."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    with (settings.home / "ingest.lock").open("a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _check_contract(registry: Registry, dataset: str, contract: Contract) -> DatasetVersion | None:
     registered = registry.dataset_contract(dataset)
     if registered is None:
@@ -142,14 +148,214 @@ def _check_contract(registry: Registry, dataset: str, contract: Contract) -> Dat
     return latest
 
 
-def _dedup(ids: list[str], existing: set[str]) -> list[bool]:
-    """Keep a row unless its id is already registered or appeared earlier in this file."""
-    seen: set[str] = set(existing)
-    keep = []
-    for rid in ids:
-        keep.append(rid not in seen)
-        seen.add(rid)
-    return keep
+@dataclass(frozen=True)
+class StagedSubmission:
+    """A file read, checked and hashed, waiting in the staging folder to be published."""
+
+    submission_id: str
+    dataset: str
+    owner: str
+    contract_kind: str
+    display_name: str
+    input_digest: str
+    report: ContractReport
+    staging_dir: Path
+    record_ids: tuple[str, ...]  # of the rows in accepted.parquet, in file order
+    duplicates_in_file: int
+
+    @property
+    def accepted_path(self) -> Path:
+        return self.staging_dir / ACCEPTED_FILE
+
+
+def _staging_root(settings: Settings) -> Path:
+    return settings.home / "staging"
+
+
+def stage_submission(
+    settings: Settings,
+    *,
+    dataset: str,
+    contract_kind: str,
+    owner: str,
+    path: Path,
+    dialect: CsvDialect | None = None,
+    limits: ReadLimits | None = None,
+    display_name: str | None = None,
+) -> StagedSubmission:
+    """Read, validate and hash ``path`` chunk by chunk into a private staging folder."""
+    check_dataset_name(dataset)
+    check_owner(owner)
+    contract = load_contract(settings.contracts_dir, contract_kind)
+    submission_id = f"sub-{uuid.uuid4().hex[:20]}"
+    staging = _staging_root(settings) / submission_id
+    staging.mkdir(parents=True)
+    try:
+        with open_table(
+            Path(path),
+            limits=limits or ReadLimits(),
+            dialect=dialect or CsvDialect(),
+            display_name=display_name,
+        ) as source:
+            check_columns(list(source.columns), contract.schema, contract.kind)
+            validator = Validator(contract)
+            reports: list[ContractReport] = []
+            seen: set[str] = set()
+            kept_ids: list[str] = []
+            duplicates = 0
+            writer: pq.ParquetWriter | None = None
+            try:
+                for chunk in source.chunks():
+                    checked = validator.validate(chunk.frame, chunk.first_row_number)
+                    reports.append(checked.report)
+                    ids = record_ids(checked.good, contract.schema)
+                    keep = []
+                    for rid in ids:
+                        keep.append(rid not in seen)
+                        seen.add(rid)
+                    duplicates += keep.count(False)
+                    accepted = checked.good[keep].copy()
+                    accepted["record_id"] = [rid for rid, k in zip(ids, keep, strict=True) if k]
+                    kept_ids += accepted["record_id"].tolist()
+                    table = pa.Table.from_pandas(accepted, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(staging / ACCEPTED_FILE, table.schema)
+                    writer.write_table(table)
+            finally:
+                if writer is not None:
+                    writer.close()
+            if not reports:
+                raise DatasetError(
+                    f"{source.display_name} has no data rows; send a file with a header and at least one row",
+                    dataset=dataset,
+                )
+            return StagedSubmission(
+                submission_id=submission_id, dataset=dataset, owner=owner, contract_kind=contract.kind,
+                display_name=source.display_name, input_digest=source.input_digest,
+                report=ContractReport.merge(reports), staging_dir=staging, record_ids=tuple(kept_ids),
+                duplicates_in_file=duplicates,
+            )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _accepted_frames(staged: StagedSubmission, keep: list[bool], owner: str) -> Iterator[pd.DataFrame]:
+    """The staged rows that survived dedup, a row group at a time, with their owner."""
+    if not staged.accepted_path.exists():
+        return
+    offset = 0
+    for batch in pq.ParquetFile(staged.accepted_path).iter_batches():
+        frame = batch.to_pandas()
+        mask = keep[offset : offset + len(frame)]
+        offset += len(frame)
+        frame = frame[mask]
+        if len(frame):
+            frame["owner"] = owner
+            yield frame
+
+
+def publish_submission(settings: Settings, db: ExchangeDB, staged: StagedSubmission) -> IngestResult:
+    """Dedup against the dataset, write and push the version, commit it; then drop the staging folder."""
+    registry = Registry(db)
+    contract = load_contract(settings.contracts_dir, staged.contract_kind)
+    report = staged.report
+    with version_lock(settings.home):
+        parent = _check_contract(registry, staged.dataset, contract)
+        ids = list(staged.record_ids)
+        registered = registry.existing_ids(staged.dataset, ids)
+        keep = [rid not in registered for rid in ids]
+        new_ids = [rid for rid, k in zip(ids, keep, strict=True) if k]
+        duplicates = staged.duplicates_in_file + len(ids) - len(new_ids)
+        version_number = (parent.version + 1) if parent else 1
+        submission = Submission(
+            submission_id=staged.submission_id, dataset=staged.dataset, owner=staged.owner,
+            file_name=staged.display_name, file_digest=staged.input_digest,
+            rows_received=report.rows_received, accepted=len(new_ids), quarantined=report.quarantined_rows,
+            duplicates=duplicates, version=version_number if new_ids else None, report_digest=report.digest,
+            created_at=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+        if not new_ids:
+            registry.commit_submission(
+                submission, contract_kind=contract.kind, contract_digest=contract.digest,
+                quarantine=quarantine_table(report),
+            )  # fmt: skip
+            shutil.rmtree(staged.staging_dir, ignore_errors=True)
+            raise NothingAccepted(
+                f"{staged.display_name}: no row of {report.rows_received} was accepted "
+                f"into {staged.dataset!r} "
+                f"({report.quarantined_rows} quarantined, {duplicates} duplicates of registered records or "
+                f"of earlier rows in the file); see submission {staged.submission_id}'s quarantine, fix the "
+                "rows and submit again",
+                submission_id=staged.submission_id, report=report, rows_received=report.rows_received,
+                quarantined_rows=report.quarantined_rows, duplicates=duplicates,
+            )  # fmt: skip
+        checkpoint("deduplicated")
+        prior_ids = registry.version_record_ids(staged.dataset, parent.version) if parent else []
+        merkle = merkle_root_hex([bytes.fromhex(i) for i in [*prior_ids, *new_ids]])
+        owner_counts = dict(parent.owner_counts) if parent else {}
+        owner_counts[staged.owner] = owner_counts.get(staged.owner, 0) + len(new_ids)
+        groups = _near_duplicate_groups(settings, contract, parent, prior_ids, new_ids, staged, keep)
+        first_seq = registry.next_seq(staged.dataset)
+
+        workspace = settings.workspace_dir
+        dvc_versions.init_workspace(workspace, settings.dvc_remote)
+        folder = version_folder(staged.dataset, version_number)
+        # A folder for a version the registry does not know is the leftover of a crashed ingest.
+        dvc_versions.untrack(workspace, folder)
+        try:
+            written = write_version_folder(
+                workspace, dataset=staged.dataset, version=version_number, parent=parent, contract=contract,
+                records=_accepted_frames(staged, keep, staged.owner), report=report, merkle_root=merkle,
+                owner_counts=owner_counts, near_duplicate_groups=groups,
+            )  # fmt: skip
+            checkpoint("version-written")
+            md5 = dvc_versions.track_and_push(workspace, folder)
+            checkpoint("pushed")
+            registry.commit_submission(
+                submission, contract_kind=contract.kind, contract_digest=contract.digest,
+                quarantine=quarantine_table(report),
+                new_version=NewVersion(
+                    version=version_number, parent=parent.version if parent else None,
+                    contract_digest=contract.digest, schema_digest=contract.schema.digest, merkle_root=merkle,
+                    record_count=(parent.record_count if parent else 0) + len(new_ids),
+                    manifest_key=f"{folder}/{MANIFEST_FILE}", manifest_digest=written.manifest_digest,
+                    data_path=written.data_path, data_digest=written.data_digest, dvc_md5=md5,
+                ),
+                records=pa.table({
+                    "record_id": pa.array(new_ids, pa.string()),
+                    "owner": pa.array([staged.owner] * len(new_ids), pa.string()),
+                    "seq": pa.array(range(first_seq, first_seq + len(new_ids)), pa.int64()),
+                }),
+            )  # fmt: skip
+        except BaseException:
+            dvc_versions.untrack(workspace, folder)
+            raise
+        checkpoint("committed")
+    shutil.rmtree(staged.staging_dir, ignore_errors=True)
+    return IngestResult(
+        submission_id=staged.submission_id, dataset=staged.dataset, owner=staged.owner,
+        version=registry.get_version(staged.dataset, version_number), report=report,
+        rows_received=report.rows_received, accepted=len(new_ids), quarantined_rows=report.quarantined_rows,
+        duplicates_refused=duplicates,
+    )  # fmt: skip
+
+
+def _near_duplicate_groups(
+    settings: Settings,
+    contract: Contract,
+    parent: DatasetVersion | None,
+    prior_ids: list[str],
+    new_ids: list[str],
+    staged: StagedSubmission,
+    keep: list[bool],
+) -> tuple[tuple[str, ...], ...]:
+    """Near-duplicate groups over the whole new version (parent records, then the new ones)."""
+    columns = list(contract.schema.names)
+    frames = [load_version_frame(settings.workspace_dir, parent)[columns]] if parent else []
+    frames += [f[columns] for f in _accepted_frames(staged, keep, staged.owner)]
+    frame = pd.concat(frames, ignore_index=True)
+    return NearDuplicateFinder(contract.schema).groups([*prior_ids, *new_ids], frame)
 
 
 def register_file(
@@ -160,128 +366,16 @@ def register_file(
     contract_kind: str,
     owner: str,
     path: Path,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    dialect: CsvDialect | None = None,
+    limits: ReadLimits | None = None,
+    display_name: str | None = None,
 ) -> IngestResult:
-    """Validate, deduplicate, version, push and register one file; see the module docstring."""
-    check_dataset_name(dataset)
-    check_owner(owner)
-    path = Path(path)
-    registry = Registry(db)
-    contract = load_contract(settings.contracts_dir, contract_kind)
-    _check_contract(registry, dataset, contract)
-
-    frame = read_table(path, max_bytes=max_bytes)
-    validated = validate(frame, contract)
-    report = validated.report
-    good = validated.good
-    ids = record_ids(good, contract.schema)
-    file_digest = digest_file(path)
-    submission_id = f"sub-{uuid.uuid4().hex[:20]}"
-
-    with _ingest_lock(settings):
-        parent = _check_contract(registry, dataset, contract)
-        keep = _dedup(ids, registry.existing_ids(dataset, ids))
-        accepted = good[keep].copy()
-        accepted["record_id"] = [rid for rid, k in zip(ids, keep, strict=True) if k]
-        accepted["owner"] = owner
-        n_accepted = len(accepted)
-        duplicates = len(ids) - n_accepted
-        version_number = (parent.version + 1) if parent else 1
-        submission = Submission(
-            submission_id=submission_id,
-            dataset=dataset,
-            owner=owner,
-            file_name=path.name,
-            file_digest=file_digest,
-            rows_received=report.rows_received,
-            accepted=n_accepted,
-            quarantined=report.quarantined_rows,
-            duplicates=duplicates,
-            version=version_number if n_accepted else None,
-            report_digest=report.digest,
-            created_at=dt.datetime.now(dt.UTC),
-        )
-        if n_accepted == 0:
-            registry.commit_submission(
-                submission,
-                contract_kind=contract.kind,
-                contract_digest=contract.digest,
-                quarantine=quarantine_table(report),
-            )
-            raise NothingAccepted(
-                f"{path.name}: no row of {report.rows_received} was accepted into {dataset!r} "
-                f"({report.quarantined_rows} quarantined, {duplicates} duplicates of registered records); "
-                f"see submission {submission_id}'s quarantine, fix the rows and submit again",
-                submission_id=submission_id,
-                report=report,
-                rows_received=report.rows_received,
-                quarantined_rows=report.quarantined_rows,
-                duplicates=duplicates,
-            )
-        prior_ids = registry.version_record_ids(dataset, parent.version) if parent else []
-        new_ids = accepted["record_id"].tolist()
-        merkle = merkle_root_hex([bytes.fromhex(i) for i in [*prior_ids, *new_ids]])
-        owner_counts = dict(parent.owner_counts) if parent else {}
-        owner_counts[owner] = owner_counts.get(owner, 0) + n_accepted
-        first_seq = registry.next_seq(dataset)
-
-        workspace = settings.workspace_dir
-        dvc_versions.init_workspace(workspace, settings.dvc_remote_dir)
-        folder = version_folder(dataset, version_number)
-        # A folder for a version the registry does not know is the leftover of a crashed ingest.
-        dvc_versions.untrack(workspace, folder)
-        written = write_version_folder(
-            workspace,
-            dataset=dataset,
-            version=version_number,
-            parent=parent,
-            contract=contract,
-            records=accepted,
-            report=report,
-            merkle_root=merkle,
-            owner_counts=owner_counts,
-        )
-        try:
-            md5 = dvc_versions.track_and_push(workspace, folder)
-            registry.commit_submission(
-                submission,
-                contract_kind=contract.kind,
-                contract_digest=contract.digest,
-                quarantine=quarantine_table(report),
-                new_version=NewVersion(
-                    version=version_number,
-                    parent=parent.version if parent else None,
-                    contract_digest=contract.digest,
-                    schema_digest=contract.schema.digest,
-                    merkle_root=merkle,
-                    record_count=(parent.record_count if parent else 0) + n_accepted,
-                    manifest_key=f"{folder}/{MANIFEST_FILE}",
-                    manifest_digest=written.manifest_digest,
-                    data_path=written.data_path,
-                    data_digest=written.data_digest,
-                    dvc_md5=md5,
-                ),
-                records=pa.table(
-                    {
-                        "record_id": pa.array(new_ids, pa.string()),
-                        "owner": pa.array([owner] * n_accepted, pa.string()),
-                        "seq": pa.array(range(first_seq, first_seq + n_accepted), pa.int64()),
-                    }
-                ),
-            )
-        except BaseException:
-            dvc_versions.untrack(workspace, folder)
-            raise
-
-    version = registry.get_version(dataset, version_number)
-    return IngestResult(
-        submission_id=submission_id,
-        dataset=dataset,
-        owner=owner,
-        version=version,
-        report=report,
-        rows_received=report.rows_received,
-        accepted=n_accepted,
-        quarantined_rows=report.quarantined_rows,
-        duplicates_refused=duplicates,
-    )
+    """Stage and publish one file (see the module docstring); the staging folder never outlives it."""
+    staged = stage_submission(
+        settings, dataset=dataset, contract_kind=contract_kind, owner=owner, path=path, dialect=dialect,
+        limits=limits, display_name=display_name,
+    )  # fmt: skip
+    try:
+        return publish_submission(settings, db, staged)
+    finally:
+        shutil.rmtree(staged.staging_dir, ignore_errors=True)

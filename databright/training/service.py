@@ -10,7 +10,7 @@ from pathlib import Path
 
 from databright.config import Settings
 from databright.crypto import digest_file
-from databright.datasets import DatasetVersion, load_contract, release_files
+from databright.datasets import DatasetVersion, check_trainable, load_contract, release
 from databright.db import ExchangeDB
 from databright.errors import DatabrightError, IntegrityError, TrainingError
 from databright.market.allocation import Quote
@@ -40,6 +40,7 @@ def quote_job(
     overrides: dict[str, object] | None = None,
 ) -> Quote:
     """Estimate the job's work units from the task manifest and the version's size."""
+    check_trainable(settings.exchange_db(), version)
     config = {
         **load_task_config(find_task(settings.enclave_tasks_dir, task)).get("config", {}),
         **(overrides or {}),
@@ -68,6 +69,7 @@ def execute_job(
 ) -> TrainingJob:
     """Run an escrowed job on the worker behind ``offer``; on any failure refund and re-raise."""
     member = pool.member(offer)
+    files = release(settings.workspace_dir, version)
     try:
         with tempfile.TemporaryDirectory(prefix=f"{job.job_id}-") as out:
             spec = JobSpec(
@@ -78,7 +80,8 @@ def execute_job(
                 task=job.task,
                 dataset=version.dataset,
                 dataset_version=version.version,
-                data_files=tuple(str(p) for p in release_files(settings.workspace_dir, version)),
+                data_files=tuple(str(p) for p in files.data_files),
+                withdrawn_files=tuple(str(p) for p in files.withdrawn_files),
                 expected_merkle_root=version.merkle_root,
                 schema=load_contract(settings.contracts_dir, version.contract_kind).schema.to_dict(),
                 validation_file=str(validation.resolve()),
