@@ -28,10 +28,14 @@ dataset_app = typer.Typer(help="Register and inspect datasets.", no_args_is_help
 worker_app = typer.Typer(help="Hardware providers and their attested offers.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 enclave_app = typer.Typer(help="Enclave tasks and their measurements.", no_args_is_help=True)
+contract_app = typer.Typer(
+    help="Data contracts: a Great Expectations suite and a schema per kind.", no_args_is_help=True
+)
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(worker_app, name="worker")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(enclave_app, name="enclave")
+app.add_typer(contract_app, name="contract")
 
 # Tables need room: when output is not a terminal (CI logs, pipes) rich would assume 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
@@ -131,13 +135,16 @@ def dataset_register(
     dataset: Annotated[str, typer.Option(help="Dataset name")],
     owner: Annotated[str, typer.Option(help="Contributor id")],
     contract: Annotated[str, typer.Option(help="Data contract kind")] = "tabular-v1",
+    delimiter: Annotated[str, typer.Option(help="CSV field delimiter")] = ",",
 ) -> None:
-    """Register a file into a dataset through the ingest flow."""
+    """Register a CSV, Parquet or JSON Lines file (plain, .gz or .zip) through the ingest flow."""
     settings = _settings()
     _use_prefect(settings)
     from flows.ingest import IngestConfig, ingest_flow
 
-    result = ingest_flow(IngestConfig(dataset=dataset, owner=owner, path=str(path), contract=contract))
+    result = ingest_flow(
+        IngestConfig(dataset=dataset, owner=owner, path=str(path), contract=contract, delimiter=delimiter)
+    )
     from databright.render import render_ingest
 
     render_ingest(result, console)
@@ -165,17 +172,169 @@ def dataset_list() -> None:
     console.print(table)
 
 
+def _percent(ppm: int) -> str:
+    """Parts per million as a percentage, by integer arithmetic."""
+    return f"{ppm // 10_000}.{ppm % 10_000:04d} %"
+
+
+def _name_version(text: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@V`` (``V`` may be written ``v3``)."""
+    name, _, version = text.partition("@")
+    if not version:
+        return name, None
+    try:
+        return name, int(version.removeprefix("v"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: write a version as NAME@3 or NAME@v3") from None
+
+
 @dataset_app.command("show")
 @reports_errors
 def dataset_show(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]) -> None:
-    """One dataset version: lineage, digests and shares."""
-    from databright.datasets import Registry
+    """One dataset version: lineage, digests, shares and its manifest."""
+    from databright.datasets import Registry, read_manifest
 
     settings = _settings()
-    dataset, _, version = name.partition("@")
-    registry = Registry(settings.exchange_db())
-    v = registry.get_version(dataset, int(version.lstrip("v")) if version else None)
-    console.print_json(json.dumps(v.to_dict()))
+    dataset, version = _name_version(name)
+    found = Registry(settings.exchange_db()).get_version(dataset, version)
+    console.print_json(
+        json.dumps({"version": found.to_dict(), "manifest": read_manifest(settings.workspace_dir, found)})
+    )
+
+
+@dataset_app.command("diff")
+@reports_errors
+def dataset_diff(
+    a: Annotated[str, typer.Argument(help="NAME@A")], b: Annotated[str, typer.Argument(help="NAME@B")]
+) -> None:
+    """What changed between two versions: records added and withdrawn, per owner."""
+    from databright.datasets import diff_versions
+
+    settings = _settings()
+    (name_a, va), (name_b, vb) = _name_version(a), _name_version(b)
+    if name_a != name_b or va is None or vb is None:
+        raise typer.BadParameter("compare two versions of one dataset, e.g. credit@1 credit@3")
+    diff = diff_versions(settings.exchange_db(), settings.workspace_dir, name_a, va, vb)
+    table = Table("owner", f"records v{va}", f"records v{vb}", "added", "withdrawn",
+                  title=f"{name_a} v{va} → v{vb}: +{diff.added} −{diff.withdrawn}")  # fmt: skip
+    for change in diff.owners:
+        row = change.to_dict()
+        table.add_row(change.owner, *(str(row[k]) for k in list(row)[1:5]))
+    console.print(table)
+    console.print(f"Merkle root v{va} {diff.merkle_root_a}\nMerkle root v{vb} {diff.merkle_root_b}")
+
+
+@dataset_app.command("pull")
+@reports_errors
+def dataset_pull(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]) -> None:
+    """Re-fetch a version from the remote and verify every digest and the Merkle root."""
+    from databright.datasets import pull_version
+
+    settings = _settings()
+    dataset, version = _name_version(name)
+    report = pull_version(settings, settings.exchange_db(), dataset, version)
+    console.print(f"{report.dataset} v{report.version}: pulled from {report.remote}")
+    console.print(f"verified {report.files_verified} files ({report.bytes_verified:,} bytes)")
+    console.print(f"{report.record_count} records, Merkle root {report.merkle_root}")
+
+
+@dataset_app.command("shares")
+@reports_errors
+def dataset_shares(name: Annotated[str, typer.Argument(help="NAME or NAME@VERSION")]) -> None:
+    """Each owner's records and share: by count until valued, by measured value once settled."""
+    from databright.datasets import dataset_shares as shares_of
+
+    settings = _settings()
+    dataset, version = _name_version(name)
+    shares = shares_of(settings.exchange_db(), dataset, version)
+    table = Table("owner", "records", "share by count", "value paid", "share by value",
+                  title=f"{shares.dataset} v{shares.version} — shares by {shares.basis}")  # fmt: skip
+    for o in shares.owners:
+        by_value = "-" if o.share_by_value_ppm is None else _percent(o.share_by_value_ppm)
+        by_count = _percent(o.share_by_count_ppm)
+        table.add_row(o.owner, str(o.records), by_count, format_amount(o.value), by_value)
+    console.print(table)
+
+
+@dataset_app.command("withdraw")
+@reports_errors
+def dataset_withdraw(
+    dataset: Annotated[str, typer.Argument(help="Dataset name")],
+    owner: Annotated[str, typer.Option(help="Owner whose records leave the dataset")],
+    records: Annotated[
+        Path | None, typer.Option(help="File with one record id per line (default: all of the owner's)")
+    ] = None,
+) -> None:
+    """Withdraw an owner's records: a new version without them; past versions and payouts stay."""
+    from databright.datasets import withdraw_records
+
+    settings = _settings()
+    ids = None
+    if records is not None:
+        try:
+            ids = [line.strip() for line in records.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {records}: {exc}") from exc
+    result = withdraw_records(settings, settings.exchange_db(), dataset=dataset, owner=owner, record_ids=ids)
+    new = result.version
+    console.print(f"{result.dataset}: {result.withdrawn} record(s) of {result.owner} withdrawn")
+    console.print(
+        f"new version v{new.version} (parent v{result.parent.version}), Merkle root {new.merkle_root}"
+    )
+
+
+# --- contracts ----------------------------------------------------------------------------------
+
+
+@contract_app.command("init")
+@reports_errors
+def contract_init(
+    kind: Annotated[str, typer.Argument(help="New contract kind, e.g. credit-v1")],
+    sample: Annotated[Path, typer.Argument(help="A representative sample file to infer the schema from")],
+    label: Annotated[str | None, typer.Option(help="Label column")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature columns, comma-separated")] = None,
+) -> None:
+    """Write data_contracts/KIND/ (schema + Great Expectations suite) inferred from a sample."""
+    from databright.datasets import describe_contract, init_contract
+
+    settings = _settings()
+    contract = init_contract(
+        settings.contracts_dir, kind, sample, label=label,
+        features=[f.strip() for f in features.split(",")] if features else None,
+    )  # fmt: skip
+    console.print_json(json.dumps(describe_contract(contract)))
+
+
+@contract_app.command("show")
+@reports_errors
+def contract_show(kind: Annotated[str, typer.Argument(help="Contract kind")]) -> None:
+    """A contract's columns, roles and every expectation in words."""
+    from databright.datasets import describe_contract, load_contract
+
+    console.print_json(json.dumps(describe_contract(load_contract(_settings().contracts_dir, kind))))
+
+
+@contract_app.command("check")
+@reports_errors
+def contract_check(
+    kind: Annotated[str, typer.Argument(help="Contract kind")],
+    path: Annotated[Path, typer.Argument(help="File to check (nothing is registered)")],
+    delimiter: Annotated[str, typer.Option(help="CSV field delimiter")] = ",",
+) -> None:
+    """Dry run: check a file against a contract; exit 1 if any row would be quarantined."""
+    from databright.datasets import CsvDialect, check_file, load_contract
+
+    report = check_file(
+        load_contract(_settings().contracts_dir, kind), path, dialect=CsvDialect(delimiter=delimiter)
+    )
+    console.print(f"{path.name}: {report.rows_received} rows, {report.rows_passed} pass, "
+                  f"{report.quarantined_rows} would be quarantined (contract {kind})")  # fmt: skip
+    if report.quarantined:
+        table = Table("row", "column", "expectation", "value")
+        for q in report.quarantined[:50]:
+            table.add_row(str(q.row_number), q.column, q.expectation, str(q.value))
+        console.print(table)
+        raise typer.Exit(1)
 
 
 # --- workers ------------------------------------------------------------------------------------
