@@ -7,6 +7,8 @@ medians. Wall-clock numbers belong here, never in tests.
   recursion of Jia et al. 2019 written as the paper's per-test-point loop. Their values must agree to
   1e-12 or the benchmark fails. pyDVL, the library peer, joins this table with the valuation issue.
 * Record identity: canonical row hashing and the RFC 6962 Merkle root, rows per second.
+* Ingest (``benchmarks/ingest.py``, its own ``results/ingest.json``): ``register_file`` on a
+  1M-row CSV against DuckDB's ``COPY ... TO parquet``, with peak RSS and per-stage timings.
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ def main() -> None:
         summary = {k: v for k, v in case.items() if not isinstance(v, list)}
         print(json.dumps(summary))
     print(f"wrote {out}")
+
+    from benchmarks import ingest
+
+    ingest.main([])
 
 
 if __name__ == "__main__":
