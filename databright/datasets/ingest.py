@@ -16,9 +16,11 @@
 Memory stays bounded by one chunk while staging; the accepted rows wait on disk, and publishing
 streams them into the version's delta. Nothing is half-registered: a failure before the registry
 commit leaves no version folder, no ``.dvc`` file and no registry row, and a crash at any step
-leaves either no new version or a complete one. If no row survives, no version is made, the
-submission and its quarantine are still recorded, and ``NothingAccepted`` is raised with the
-counts. For every submission ``rows_received = accepted + quarantined_rows + duplicates_refused``.
+leaves either no new version or a complete one. A registration killed outright (no chance to
+clean up) leaves its staging folder behind; the next ``stage_submission`` removes it
+(``staging.sweep_stale``). If no row survives, no version is made, the submission and its
+quarantine are still recorded, and ``NothingAccepted`` is raised with the counts. For every
+submission ``rows_received = accepted + quarantined_rows + duplicates_refused``.
 
 A dataset keeps its contract kind; its schema may not change between versions (the suite may be
 tightened — each version records the contract digest it was checked against).
@@ -46,6 +48,7 @@ from databright.datasets.contracts import Contract, check_columns, load_contract
 from databright.datasets.formats import CsvDialect, ReadLimits, open_table
 from databright.datasets.near_duplicates import NearDuplicateFinder
 from databright.datasets.registry import NewVersion, Registry, Submission
+from databright.datasets.staging import new_staging_dir, sweep_stale
 from databright.datasets.validation import ContractReport, Validator
 from databright.datasets.versions import (
     MANIFEST_FILE,
@@ -188,8 +191,8 @@ def stage_submission(
     check_owner(owner)
     contract = load_contract(settings.contracts_dir, contract_kind)
     submission_id = f"sub-{uuid.uuid4().hex[:20]}"
-    staging = _staging_root(settings) / submission_id
-    staging.mkdir(parents=True)
+    sweep_stale(_staging_root(settings))  # what registrations killed mid-way left behind
+    staging = new_staging_dir(_staging_root(settings), submission_id)
     try:
         with open_table(
             Path(path),

@@ -288,6 +288,9 @@ def write_version_folder(
 ) -> WrittenVersion:
     """Write ``v<version>`` atomically (staging folder, then one rename); see the module docstring.
 
+    The caller holds ``version_lock``: staging folders left in the dataset's folder by a killed
+    writer are removed first.
+
     ``records`` are the records added (possibly none) — one frame, or frames in sequence order
     that are written one row group at a time so a large delta never sits in memory whole —
     ``withdrawn`` the ids removed, in sequence order; ``merkle_root`` and ``owner_counts``
@@ -303,6 +306,9 @@ def write_version_folder(
         )
     withdrawn_ids = check_record_ids(withdrawn, "withdrawn")
     groups = check_near_duplicate_groups(near_duplicate_groups)
+    # Callers hold version_lock, so another writer's staging folder here is a killed writer's.
+    for leftover in final.parent.glob(".staging-*") if final.parent.is_dir() else ():
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = final.parent / f".staging-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,7 +25,8 @@ from databright.datasets import (
     register_file,
     release_files,
 )
-from databright.datasets.versions import MANIFEST_FILE
+from databright.datasets.registry import NewVersion
+from databright.datasets.versions import MANIFEST_FILE, quarantine_table
 from databright.db import ExchangeDB
 from databright.errors import (
     DatasetError,
@@ -220,3 +223,36 @@ def test_tampered_data_is_detected(
         load_version_frame(settings.workspace_dir, version)
     dvc_versions.pull(settings.workspace_dir, version.folder)  # the remote copy is the truth
     assert len(load_version_frame(settings.workspace_dir, version)) == 5
+
+
+def test_the_registry_refuses_record_ids_it_already_holds(
+    settings: Settings, file_db: ExchangeDB, clean_rows: Rows, write_csv: Writer
+) -> None:
+    """Dedup refuses repeats before publishing; were it bypassed, the registry's one insert still does."""
+    first = _register(settings, file_db, "alice", write_csv("a.csv", clean_rows(5)))
+    assert first.version is not None
+    registry = Registry(file_db)
+    held = registry.version_record_ids("credit", 1)
+    before = {t: _count(file_db, t) for t in ("dataset_versions", "records", "submissions")}
+    v1 = first.version
+    cases = (
+        ([held[0], "ab" * 32], r"\(0 within the version, 1 already registered\)"),
+        (["cd" * 32, "cd" * 32], r"\(1 within the version, 0 already registered\)"),
+    )
+    for ids, clash in cases:
+        submission = dataclasses.replace(
+            registry.get_submission(first.submission_id), submission_id=f"sub-{ids[0][:8]}", version=2
+        )
+        new_version = NewVersion(
+            version=2, parent=1, contract_digest=v1.contract_digest, schema_digest=v1.schema_digest,
+            merkle_root="00" * 32, record_count=7, manifest_key="m", manifest_digest="00" * 32,
+            data_path="d", data_digest="00" * 32, dvc_md5="x",
+        )  # fmt: skip
+        records = pa.table({"record_id": ids, "owner": ["bob", "bob"], "seq": pa.array([6, 7], pa.int64())})
+        with pytest.raises(RegistryError, match=f"repeats record ids {clash}"):
+            registry.commit_submission(
+                submission, contract_kind="tabular-v1", contract_digest=v1.contract_digest,
+                quarantine=quarantine_table(first.report),
+                new_version=new_version, records=records,
+            )  # fmt: skip
+    assert {t: _count(file_db, t) for t in before} == before

@@ -128,9 +128,13 @@ def test_a_crash_at_any_step_leaves_no_version_or_a_complete_one(settings, clean
         assert latest is not None and latest.version == 1 and latest.record_count == 15
     else:
         assert latest is None  # nothing registered before the commit
+    staging = settings.home / "staging"
+    assert len(list(staging.iterdir())) == 1  # the killed child could not remove its staging folder
     # whatever the crash left on disk does not stop the next registration, and the result is whole
     again = register_file(settings, settings.exchange_db(), dataset="d", contract_kind="tabular-v1",
                           owner="bob", path=_csv(tmp_path / "b.csv", clean_rows(3)))  # fmt: skip
+    assert list(staging.iterdir()) == []  # the next registration swept it, then removed its own
+    assert not list((settings.workspace_dir / "datasets" / "d").glob(".staging-*"))
     assert again.version is not None
     assert again.version.version == (2 if step == "committed" else 1)
     assert dvc_versions.dvc_file(settings.workspace_dir, again.version.folder).is_file()
