@@ -182,9 +182,9 @@ def test_chunk_rows_bounds_every_chunk(tmp_path: Path) -> None:
 
 
 def test_a_line_without_an_end_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from databright.datasets import formats
+    from databright.datasets import text_input
 
-    monkeypatch.setattr(formats, "MAX_LINE_BYTES", 3 * 1024 * 1024)
+    monkeypatch.setattr(text_input, "MAX_LINE_BYTES", 3 * 1024 * 1024)
     path = _write(tmp_path, "one-line.jsonl", b'{"a": "' + b"x" * (5 * 1024 * 1024) + b'"}\n')
     error = _refused(path)
     assert "line 1 is longer than 3,145,728 characters" in str(error)
