@@ -28,6 +28,7 @@ dataset_app = typer.Typer(help="Register and inspect datasets.", no_args_is_help
 worker_app = typer.Typer(help="Hardware providers and their attested offers.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 enclave_app = typer.Typer(help="Enclave tasks and their measurements.", no_args_is_help=True)
+audit_app = typer.Typer(help="Audit a period from contributed files to transfers.", no_args_is_help=True)
 contract_app = typer.Typer(
     help="Data contracts: a Great Expectations suite and a schema per kind.", no_args_is_help=True
 )
@@ -36,6 +37,7 @@ app.add_typer(worker_app, name="worker")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(enclave_app, name="enclave")
 app.add_typer(contract_app, name="contract")
+app.add_typer(audit_app, name="audit")
 
 # Tables need room: when output is not a terminal (CI logs, pipes) rich would assume 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
@@ -483,6 +485,22 @@ def ledger_verify() -> None:
     if not report.ok:
         err_console.print(f"LedgerInvariantBroken: {len(report.failures)} invariant(s) broken")
         raise typer.Exit(1)
+
+
+@audit_app.command("verify")
+@reports_errors
+def audit_verify(
+    period: Annotated[str | None, typer.Argument(help="Period to audit (YYYY-MM)")] = None,
+) -> None:
+    """Walk the period's signed stage statements back to the contributed files; exit 1 at a broken link."""
+    from databright.provenance import audit_verify as run_audit
+
+    settings = _settings(period)
+    report = run_audit(settings, settings.period)
+    if not report.ok:
+        err_console.print(report.summary(), markup=False)
+        raise typer.Exit(1)
+    console.print(f"{report.summary()} · assurance: {report.assurance}", markup=False)
 
 
 @enclave_app.command("measure")

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 _SCHEMA_MODULES = (
     "databright.datasets.registry",
     "databright.trust.registry",
+    "databright.trust.intake",
+    "databright.trust.keys",
+    "databright.provenance.statements",
     "databright.market.offers",
     "databright.training.jobs",
     "databright.ledger.store",

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from databright.config import Settings
 from databright.money import format_amount
+from databright.provenance import ProvenanceLog
 from databright.settlement import Settlement, settle_period
 
 
@@ -30,6 +31,7 @@ def settle(settings: Settings, config: SettleConfig) -> Settlement:
         verify=settings.receipt_verifier(db),
         approver=config.approver,
         statements_dir=settings.statements_dir,
+        provenance=ProvenanceLog.from_settings(settings, db),
     )
 
 

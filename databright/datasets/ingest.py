@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from databright.config import Settings
-from databright.crypto import merkle_root_hex
+from databright.crypto import merkle_root_digests
 from databright.datasets.canonical import record_ids
 from databright.datasets.contracts import Contract, check_columns, load_contract
 from databright.datasets.formats import CsvDialect, ReadLimits, open_table
@@ -61,6 +61,7 @@ from databright.datasets.versions import (
 )
 from databright.db import ExchangeDB
 from databright.errors import DatasetError, NothingAccepted
+from databright.provenance.record import record_version
 from databright.storage import dvc_versions
 
 ACCEPTED_FILE = "accepted.parquet"
@@ -295,7 +296,8 @@ def publish_submission(settings: Settings, db: ExchangeDB, staged: StagedSubmiss
             )  # fmt: skip
         checkpoint("deduplicated")
         prior_ids = registry.version_record_ids(staged.dataset, parent.version) if parent else []
-        merkle = merkle_root_hex([bytes.fromhex(i) for i in [*prior_ids, *new_ids]])
+        # Record ids come from canonical.record_ids and the registry: always 64 hex digits.
+        merkle = merkle_root_digests(bytes.fromhex("".join([*prior_ids, *new_ids]))).hex()
         owner_counts = dict(parent.owner_counts) if parent else {}
         owner_counts[staged.owner] = owner_counts.get(staged.owner, 0) + len(new_ids)
         groups = _near_duplicate_groups(settings, contract, parent, prior_ids, new_ids, staged, keep)
@@ -334,6 +336,7 @@ def publish_submission(settings: Settings, db: ExchangeDB, staged: StagedSubmiss
         except BaseException:
             dvc_versions.untrack(workspace, folder)
             raise
+        record_version(settings, db, staged.dataset, version_number)  # outside the try: the version stands
         checkpoint("committed")
     shutil.rmtree(staged.staging_dir, ignore_errors=True)
     return IngestResult(

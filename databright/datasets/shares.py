@@ -50,6 +50,7 @@ from databright.datasets.versions import (
 )
 from databright.db import ExchangeDB
 from databright.errors import DatasetError, RegistryError
+from databright.provenance.record import record_version
 from databright.storage import dvc_versions
 
 SHARE_SCALE = 1_000_000
@@ -344,6 +345,7 @@ def withdraw_records(
         except BaseException:
             dvc_versions.untrack(workspace, folder)
             raise
+        record_version(settings, db, dataset, number)  # outside the try: the version stands
     return WithdrawResult(dataset, owner, latest, registry.get_version(dataset, number), tuple(ids))
 
 

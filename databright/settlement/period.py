@@ -27,6 +27,8 @@ from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, EXCHANGE
 from databright.ledger.store import Ledger
 from databright.ledger.transfers import Transfer, TransferCode
 from databright.money import format_minor
+from databright.provenance.record import record_settlement
+from databright.provenance.statements import ProvenanceLog
 from databright.settlement import store as rows
 from databright.settlement.allocation import (
     Allocation,
@@ -257,8 +259,13 @@ def settle_period(
     verify: Verify,
     approver: str = "auto",
     statements_dir: Path,
+    provenance: ProvenanceLog | None = None,
 ) -> Settlement:
-    """Settle every completed job of ``period``; see the module docstring for the steps."""
+    """Settle every completed job of ``period``; see the module docstring for the steps.
+
+    With ``provenance`` the posted settlement's ``value`` and ``settle`` statements are recorded
+    (idempotent by content, so a re-run records nothing new).
+    """
     check_period(period)
     if not isinstance(approver, str) or not approver.strip():
         raise SettlementError(f"approver {approver!r} is empty; name who approves the settlement")
@@ -331,7 +338,9 @@ def settle_period(
     if final is None:
         raise SettlementError(f"period {period} lost its settlements row while posting; settle it again")
     settlement = result(final)
-    write_statements(settlement, statements_dir)
+    paths = write_statements(settlement, statements_dir)
+    if provenance is not None:
+        record_settlement(provenance, settlement, paths)
     return settlement
 
 

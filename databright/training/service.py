@@ -16,6 +16,7 @@ from databright.errors import DatabrightError, IntegrityError, TrainingError
 from databright.market.allocation import Quote
 from databright.market.offers import Offer
 from databright.market.pool import LocalPool
+from databright.provenance.record import record_training
 from databright.training.jobs import TrainingJob, complete_job, fail_job
 from databright.training.spec import JobSpec
 from databright.trust import find_task, load_task_config
@@ -95,7 +96,7 @@ def execute_job(
             model = Path(outcome.model_path)
             if digest_file(model) != outcome.model_digest:
                 raise IntegrityError(f"model file of {job.job_id} does not match the digest in its receipt")
-            return complete_job(
+            completed = complete_job(
                 db,
                 settings.object_store(),
                 job,
@@ -107,3 +108,6 @@ def execute_job(
     except DatabrightError as exc:
         fail_job(db, job, f"{type(exc).__name__}: {exc}")
         raise
+    # After the try: the job stands completed, and a failure to record it must not refund it.
+    record_training(settings, db, completed, spec)
+    return completed

@@ -10,6 +10,9 @@ A guide, in the order things happen:
    produces evidence whose report data is ``binding_report_data(session key, nonce)``.
 4. ``SimulatedVerifier.appraise`` checks the evidence against the policy, consumes the nonce,
    archives the evidence, and returns an ``AttestationResult`` signed by the verifier key.
+   On Intel hardware, ``DcapVerifier`` (tee types ``sgx-dcap``, ``tdx``) does the same with a real
+   DCAP quote and its collateral (``dcap_evidence``), checked by dcap-qvl; ``reverify`` re-runs an
+   archived hardware appraisal at its original time for an audit.
 5. The enclave signs a ``UsageReceipt`` (in-toto Statement in a DSSE envelope) with its session
    key; settlement calls ``verify_usage_receipt`` before paying anyone from it.
 
@@ -32,6 +35,7 @@ from databright.crypto import PublicKey
 from databright.db import ExchangeDB
 from databright.errors import AttestationError, ReceiptRejected
 from databright.storage.objectstore import ObjectStore
+from databright.trust.dcap import VerifiedQuote, dcap_evidence, tdx_measurement, verify_quote
 from databright.trust.evidence import (
     ATTESTATION_RESULT_TYPE,
     BINDING_CONTEXT,
@@ -43,8 +47,15 @@ from databright.trust.evidence import (
     binding_report_data,
     evidence_digest,
 )
+from databright.trust.hardware import (
+    DcapVerifier,
+    HardwareArchive,
+    HardwareAttestationResult,
+    load_archive,
+    reverify,
+)
 from databright.trust.measurement import find_task, load_task_config, measure_task, task_manifest
-from databright.trust.policy import AttestationPolicy, production_policy
+from databright.trust.policy import AttestationPolicy, HardwareIdentity, production_policy
 from databright.trust.receipts import (
     OwnerUsage,
     UsageReceipt,
@@ -108,18 +119,25 @@ __all__ = [
     "AttestationPolicy",
     "AttestationResult",
     "Attester",
+    "DcapVerifier",
+    "HardwareArchive",
+    "HardwareAttestationResult",
+    "HardwareIdentity",
     "OwnerUsage",
     "SimulatedAttester",
     "SimulatedPlatform",
     "SimulatedVendorRoot",
     "SimulatedVerifier",
     "UsageReceipt",
+    "VerifiedQuote",
     "Verifier",
     "binding_report_data",
     "check_archived_evidence",
+    "dcap_evidence",
     "evidence_digest",
     "find_task",
     "issue_nonce",
+    "load_archive",
     "load_result",
     "load_task_config",
     "load_verifier_key",
@@ -132,8 +150,11 @@ __all__ = [
     "receipt_digest",
     "records_leaf",
     "records_root",
+    "reverify",
     "sign_receipt",
     "task_manifest",
+    "tdx_measurement",
+    "verify_quote",
     "verify_receipt",
     "verify_usage_receipt",
 ]

@@ -12,6 +12,7 @@ body, so a signature over a quote can never be replayed as an endorsement, a res
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 from typing import Any, Protocol
 
 from databright.crypto import PublicKey, canonical_json, sha256, sha256_hex
@@ -24,6 +25,7 @@ ATTESTATION_RESULT_TYPE = "application/vnd.databright.attestation-result.v1+json
 USAGE_RECEIPT_TYPE = "application/vnd.databright.usage-receipt.v1+json"
 
 BINDING_CONTEXT = b"databright/attestation-binding/v1"
+BINDING_BYTES = 32
 
 # Tee types a policy may name. A typo in a policy must fail loudly, not silently allow nothing.
 KNOWN_TEE_TYPES = ("simulated", "sgx-dcap", "tdx")
@@ -37,6 +39,22 @@ def binding_report_data(session_public_key: PublicKey, nonce: bytes) -> bytes:
     verifier's nonce proves the evidence is fresh and was made for this appraisal only.
     """
     return sha256(BINDING_CONTEXT + session_public_key.raw + nonce)
+
+
+def require_binding(report_data: bytes, session_public_key: PublicKey, nonce: bytes) -> None:
+    """Refuse hardware report data whose first 32 bytes are not the binding (``BINDING_MISMATCH``).
+
+    SGX and TDX REPORTDATA is 64 bytes: the binding fills [0:32]; [32:64] is the enclave's to use.
+    """
+    expected = binding_report_data(session_public_key, nonce)
+    got = report_data[:BINDING_BYTES]
+    if not hmac.compare_digest(got, expected):
+        raise AttestationError(
+            "BINDING_MISMATCH",
+            f"REPORTDATA[0:32] is {got.hex()[:16]}…, not binding_report_data(session key "
+            f"{session_public_key.key_id}, nonce) = {expected.hex()[:16]}…; the enclave must write that "
+            "binding to /dev/attestation/user_report_data before it reads its quote",
+        )
 
 
 def evidence_digest(evidence: dict[str, Any]) -> str:

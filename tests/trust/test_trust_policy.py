@@ -124,3 +124,105 @@ def test_null_lists_mean_empty(settings: Settings, tmp_path):
     policy = AttestationPolicy.load(write(tmp_path, data))
     assert policy.measurements == {"tabular_logreg": ()}
     assert policy.acceptable_tcb_statuses == ()
+
+
+# --- hardware rules: TCB statuses, advisory deny-list, identities per hardware tee type ---------
+
+SGX_IDENTITY = {
+    "measurements": {"tabular_logreg": ["ab" * 32]},
+    "signer_ids": ["cd" * 32],
+    "product_ids": [0],
+    "min_svn": 2,
+}
+TDX_IDENTITY = {"measurements": {}, "signer_ids": ["ef" * 48], "product_ids": [0], "min_svn": 0}
+
+
+def test_the_development_policy_names_both_hardware_tee_types_and_admits_no_enclave_yet(settings: Settings):
+    policy = AttestationPolicy.load(settings.attestation_policy_path)
+    assert set(policy.hardware_identities) == {"sgx-dcap", "tdx"}
+    assert all(not identity.measurements for identity in policy.hardware_identities.values())
+    assert policy.denied_advisories == ()
+    assert policy.identity_for("simulated") is None
+
+
+def test_hardware_rules_round_trip_and_change_the_digest(settings: Settings, tmp_path):
+    data = repo_policy_dict(settings)
+    data["denied_advisories"] = ["INTEL-SA-00615"]
+    data["hardware_identities"] = {"sgx-dcap": SGX_IDENTITY, "tdx": TDX_IDENTITY}
+    policy = AttestationPolicy.load(write(tmp_path, data))
+    identity = policy.identity_for("sgx-dcap")
+    assert identity is not None
+    assert identity.measurements == {"tabular_logreg": ("ab" * 32,)}
+    assert (identity.signer_ids, identity.product_ids, identity.min_svn) == (("cd" * 32,), (0,), 2)
+    assert policy.denied_advisories == ("INTEL-SA-00615",)
+    again = AttestationPolicy.load(policy.dump(tmp_path / "again.yaml"))
+    assert again == policy and again.digest == policy.digest
+    assert dataclasses.replace(policy, denied_advisories=()).digest != policy.digest
+    assert dataclasses.replace(policy, hardware_identities={}).digest != policy.digest
+    prod = production_policy(policy)
+    assert prod.hardware_identities == policy.hardware_identities
+    assert prod.denied_advisories == policy.denied_advisories
+
+
+def test_a_policy_file_without_the_hardware_fields_still_loads(settings: Settings, tmp_path):
+    data = repo_policy_dict(settings)
+    del data["denied_advisories"], data["hardware_identities"]
+    policy = AttestationPolicy.load(write(tmp_path, data))
+    assert (policy.denied_advisories, policy.hardware_identities) == ((), {})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("acceptable_tcb_statuses", ["Revoked"], "acceptable_tcb_statuses"),
+        ("acceptable_tcb_statuses", ["UpTodate"], "acceptable_tcb_statuses"),
+        ("denied_advisories", ["INTEL-SA-615"], "denied_advisories"),
+        ("denied_advisories", "INTEL-SA-00615", "denied_advisories"),
+        ("hardware_identities", ["sgx-dcap"], "hardware_identities"),
+        ("hardware_identities", {"sgx": SGX_IDENTITY}, "hardware_identities"),
+        ("hardware_identities", {"simulated": SGX_IDENTITY}, "hardware_identities"),
+        ("hardware_identities", {"sgx-dcap": "all"}, "hardware_identities.sgx-dcap"),
+        ("hardware_identities", {"sgx-dcap": {"measurements": {}}}, "hardware_identities.sgx-dcap"),
+        (
+            "hardware_identities",
+            {"sgx-dcap": {**SGX_IDENTITY, "measurements": {"t": ["AB" * 32]}}},
+            "hardware_identities.sgx-dcap.measurements.t",
+        ),
+        (
+            "hardware_identities",
+            {"sgx-dcap": {**SGX_IDENTITY, "measurements": ["ab" * 32]}},
+            "hardware_identities.sgx-dcap.measurements",
+        ),
+        # An MRSIGNER is 32 bytes, an MROWNER 48: each tee type's signer has its own length.
+        (
+            "hardware_identities",
+            {"sgx-dcap": {**SGX_IDENTITY, "signer_ids": ["ef" * 48]}},
+            "hardware_identities.sgx-dcap.signer_ids",
+        ),
+        (
+            "hardware_identities",
+            {"tdx": {**TDX_IDENTITY, "signer_ids": ["cd" * 32]}},
+            "hardware_identities.tdx.signer_ids",
+        ),
+        (
+            "hardware_identities",
+            {"sgx-dcap": {**SGX_IDENTITY, "product_ids": [70000]}},
+            "hardware_identities.sgx-dcap.product_ids",
+        ),
+        (
+            "hardware_identities",
+            {"sgx-dcap": {**SGX_IDENTITY, "min_svn": -1}},
+            "hardware_identities.sgx-dcap.min_svn",
+        ),
+        (
+            "hardware_identities",
+            {"tdx": {**TDX_IDENTITY, "min_svn": True}},
+            "hardware_identities.tdx.min_svn",
+        ),
+    ],
+)
+def test_bad_hardware_rule_is_refused_naming_the_field(settings: Settings, tmp_path, field, value, message):
+    data = repo_policy_dict(settings)
+    data[field] = value
+    with pytest.raises(ConfigError, match=f"field {message} is"):
+        AttestationPolicy.load(write(tmp_path, data))
