@@ -256,7 +256,7 @@ def stage_timings(csv: Path, project: Path, work: Path) -> dict[str, float]:
     streams them and holds one at a time.
     """
     from databright.config import Settings
-    from databright.crypto import merkle_root_hex
+    from databright.crypto import merkle_root_digests
     from databright.datasets import Registry, load_contract, record_ids
     from databright.datasets.contracts import ContractReport
     from databright.datasets.formats import open_table
@@ -300,7 +300,7 @@ def stage_timings(csv: Path, project: Path, work: Path) -> dict[str, float]:
     accepted["record_id"] = [rid for rid, k in zip(ids, keep, strict=True) if k]
     accepted["owner"] = "alice"
     new_ids = accepted["record_id"].tolist()
-    stages["merkle_root"], merkle = timed(lambda: merkle_root_hex([bytes.fromhex(i) for i in new_ids]))
+    stages["merkle_root"], merkle = timed(lambda: merkle_root_digests(bytes.fromhex("".join(new_ids))).hex())
     stages["near_duplicates"], groups = timed(
         lambda: NearDuplicateFinder(contract.schema).groups(new_ids, accepted[list(contract.schema.names)])
     )
