@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from databright.storage.dvc_versions import DvcRemote
     from databright.storage.objectstore import ObjectStore
     from databright.trust import AttestationPolicy, UsageReceipt
+    from databright.trust.intake import ReceiptIntake
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _S3_PREFIX = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
@@ -218,6 +219,13 @@ class Settings:
         store = self.object_store()
         verifier_public_key = load_verifier_key(self.keys_dir).public_key
         return lambda envelope: verify_usage_receipt(db, store, verifier_public_key, envelope)
+
+    def receipt_intake(self, db: ExchangeDB) -> ReceiptIntake:
+        """Where settlement admits a period's receipts: chains per session, each receipt stored once."""
+        from databright.trust import load_verifier_key
+        from databright.trust.intake import ReceiptIntake
+
+        return ReceiptIntake(db, self.object_store(), load_verifier_key(self.keys_dir).public_key)
 
     def prefect_env(self) -> dict[str, str]:
         """Environment Prefect must see before it is imported (set by the CLI, not by the library)."""

@@ -32,6 +32,7 @@ def settle(settings: Settings, config: SettleConfig) -> Settlement:
         approver=config.approver,
         statements_dir=settings.statements_dir,
         provenance=ProvenanceLog.from_settings(settings, db),
+        intake=settings.receipt_intake(db),
     )
 
 

@@ -1,6 +1,7 @@
 """``settle_period``: pay out one period's completed jobs, exactly once, or not at all.
 
-    claim the period -> load completed jobs -> verify every receipt (one failure rejects the period)
+    claim the period -> load completed jobs -> verify every receipt, through receipt intake when
+    given one (one failure rejects the period)
     -> allocate each job's payment -> inputs digest + allocation root -> approve -> post every
     transfer in ONE transaction -> posted -> statements
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from databright.crypto import digest_json
 from databright.db import ExchangeDB
-from databright.errors import DatabrightError, SettlementConflict, SettlementError
+from databright.errors import DatabrightError, ReceiptRejected, SettlementConflict, SettlementError
 from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, EXCHANGE_FEE
 from databright.ledger.store import Ledger
 from databright.ledger.transfers import Transfer, TransferCode
@@ -43,6 +44,7 @@ from databright.settlement.policy import AllocationPolicy
 from databright.settlement.result import Settlement, check_period
 from databright.settlement.statements import write_statements
 from databright.storage.objectstore import ObjectStore
+from databright.trust.intake import ReceiptIntake, Rejection
 
 Verify = Callable[[dict[str, Any]], ReceiptLike]
 
@@ -80,8 +82,7 @@ def completed_jobs(db: ExchangeDB, period: str) -> list[JobRow]:
 # --- receipts ------------------------------------------------------------------------------------
 
 
-def _check_job(db: ExchangeDB, store: ObjectStore, verify: Verify, period: str, job: JobRow) -> SettledJob:
-    """Verify one job's receipt and match it against the job row; raise SettlementError on any gap."""
+def _load_envelope(store: ObjectStore, job: JobRow) -> dict[str, Any]:
     if not job.receipt_key:
         raise SettlementError("it is completed but has no receipt_key")
     try:
@@ -92,6 +93,32 @@ def _check_job(db: ExchangeDB, store: ObjectStore, verify: Verify, period: str, 
         raise SettlementError(f"its receipt at {job.receipt_key!r} is not JSON: {exc}") from exc
     if not isinstance(envelope, dict):
         raise SettlementError(f"its receipt at {job.receipt_key!r} is not a DSSE envelope object")
+    return envelope
+
+
+def _admitted_by(intake: ReceiptIntake, period: str, envelopes: Sequence[dict[str, Any]]) -> Verify:
+    """A ``verify`` answering from one ``admit_many`` over the whole period.
+
+    Intake takes each session's receipts in sequence order whatever the job order, stores them
+    once (a re-settle finds them ``replayed``), and refuses equivocating or quarantined sessions,
+    broken chains and unknown dataset roots on top of the per-receipt checks.
+    """
+    report = intake.admit_many(envelopes, period=period)
+    outcomes = {digest_json(env): outcome for env, outcome in zip(envelopes, report.outcomes, strict=True)}
+
+    def verify(envelope: dict[str, Any]) -> ReceiptLike:
+        outcome = outcomes[digest_json(envelope)]
+        if isinstance(outcome, Rejection):
+            raise ReceiptRejected(f"{outcome.reason}: {outcome.message}", reason=outcome.reason)
+        return outcome.receipt
+
+    return verify
+
+
+def _check_job(
+    db: ExchangeDB, verify: Verify, period: str, job: JobRow, envelope: dict[str, Any]
+) -> SettledJob:
+    """Verify one job's receipt and match it against the job row; raise SettlementError on any gap."""
     try:
         receipt = verify(envelope)
     except DatabrightError as exc:
@@ -144,14 +171,25 @@ def _verify_all(
     period: str,
     policy: AllocationPolicy,
     jobs: Sequence[JobRow],
+    intake: ReceiptIntake | None,
 ) -> tuple[list[SettledJob], list[Allocation]]:
     """Every job's verified facts and allocation rows, or a rejection naming every failing job."""
     settled: list[SettledJob] = []
     allocations: list[Allocation] = []
     failures: list[str] = []
+    envelopes: dict[str, dict[str, Any]] = {}
     for job in jobs:
         try:
-            facts = _check_job(db, store, verify, period, job)
+            envelopes[job.job_id] = _load_envelope(store, job)
+        except SettlementError as exc:
+            failures.append(f"job {job.job_id}: {exc}")
+    if intake is not None and envelopes:
+        verify = _admitted_by(intake, period, list(envelopes.values()))
+    for job in jobs:
+        if job.job_id not in envelopes:
+            continue
+        try:
+            facts = _check_job(db, verify, period, job, envelopes[job.job_id])
             allocations += allocate_job(policy, period, facts)
             settled.append(facts)
         except SettlementError as exc:
@@ -260,8 +298,12 @@ def settle_period(
     approver: str = "auto",
     statements_dir: Path,
     provenance: ProvenanceLog | None = None,
+    intake: ReceiptIntake | None = None,
 ) -> Settlement:
     """Settle every completed job of ``period``; see the module docstring for the steps.
+
+    With ``intake`` every receipt of the period goes through ``ReceiptIntake.admit_many`` (chains,
+    equivocation, dataset roots, stored once) instead of ``verify`` alone.
 
     With ``provenance`` the posted settlement's ``value`` and ``settle`` statements are recorded
     (idempotent by content, so a re-run records nothing new).
@@ -279,7 +321,7 @@ def settle_period(
     with db.transaction() as con:
         claimed = rows.claim(con, period)
 
-    settled, allocations = _verify_all(db, store, verify, period, policy, jobs)
+    settled, allocations = _verify_all(db, store, verify, period, policy, jobs, intake)
     digest = inputs_digest(period, policy, settled)
     assurance = "simulated" if any(j.assurance != "hardware" for j in settled) else "hardware"
     root = allocation_root(allocations)

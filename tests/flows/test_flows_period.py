@@ -79,6 +79,18 @@ def test_settling_the_same_period_again_changes_nothing(demo_period, exchange_ho
     assert again.inputs_digest == demo_period.settlement.inputs_digest
 
 
+def test_settle_admits_each_receipt_through_intake_once(demo_period, exchange_home):
+    from flows.settle import SettleConfig, settle_flow
+
+    db = exchange_home.exchange_db()
+    held = db.query("SELECT job_id, sequence, period FROM usage_receipts ORDER BY job_id")
+    jobs = db.query("SELECT job_id FROM jobs WHERE status = 'completed' ORDER BY job_id")
+    assert [(h[0], h[2]) for h in held] == [(j[0], PERIOD) for j in jobs]
+    settle_flow(SettleConfig(period=PERIOD))  # the receipts come back "replayed": still held once
+    assert db.query("SELECT job_id, sequence, period FROM usage_receipts ORDER BY job_id") == held
+    assert db.query("SELECT count(*) FROM quarantined_sessions")[0][0] == 0
+
+
 def test_statements_say_simulated_and_match_the_ledger(demo_period, exchange_home):
     result = CliRunner().invoke(app, ["statement", "alice", "--period", PERIOD, "--json"])
     assert result.exit_code == 0, result.output
