@@ -28,6 +28,7 @@ dataset_app = typer.Typer(help="Register and inspect datasets.", no_args_is_help
 worker_app = typer.Typer(help="Hardware providers and their attested offers.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 enclave_app = typer.Typer(help="Enclave tasks and their measurements.", no_args_is_help=True)
+attest_app = typer.Typer(help="Hardware attestation: check a real SGX/TDX quote.", no_args_is_help=True)
 audit_app = typer.Typer(help="Audit a period from contributed files to transfers.", no_args_is_help=True)
 contract_app = typer.Typer(
     help="Data contracts: a Great Expectations suite and a schema per kind.", no_args_is_help=True
@@ -38,6 +39,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(enclave_app, name="enclave")
 app.add_typer(contract_app, name="contract")
 app.add_typer(audit_app, name="audit")
+app.add_typer(attest_app, name="attest")
 
 # Tables need room: when output is not a terminal (CI logs, pipes) rich would assume 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
@@ -485,6 +487,36 @@ def ledger_verify() -> None:
     if not report.ok:
         err_console.print(f"LedgerInvariantBroken: {len(report.failures)} invariant(s) broken")
         raise typer.Exit(1)
+
+
+@attest_app.command("check")
+@reports_errors
+def attest_check(
+    quote: Annotated[Path, typer.Argument(help="Raw SGX (v3) or TDX (v4) quote file", exists=True)],
+    collateral: Annotated[Path, typer.Argument(help="dcap-qvl collateral JSON for the quote", exists=True)],
+    task: Annotated[str, typer.Option(help="Enclave task the quote claims to run")],
+    at: Annotated[int | None, typer.Option(help="Verify at this unix time (default: now)")] = None,
+    policy: Annotated[Path | None, typer.Option(help="Appraisal policy YAML (default: exchange's)")] = None,
+) -> None:
+    """Verify a quote and its collateral against the appraisal policy (nothing is bound or stored)."""
+    import datetime as dt
+
+    from databright.trust import AttestationPolicy
+    from databright.trust.dcap import dcap_evidence
+    from databright.trust.hardware import DcapVerifier
+
+    settings = _settings()
+    evidence = dcap_evidence(quote.read_bytes(), collateral.read_text(encoding="utf-8"))
+    chosen = AttestationPolicy.load(policy) if policy else settings.attestation_policy()
+    db = settings.exchange_db()
+    verifier = DcapVerifier.from_settings(settings, db, settings.object_store(), evidence["tee_type"], chosen)
+    moment = dt.datetime.fromtimestamp(at, dt.UTC) if at is not None else None
+    result = verifier.appraise_quote(evidence, task=task, now=moment)
+    console.print(f"{result.tee_type} quote accepted for {task} under policy {chosen.name} v{chosen.version}")
+    console.print(f"  assurance: {result.assurance} · TCB status: {result.tcb_status}")
+    console.print(f"  advisories: {', '.join(result.advisory_ids) or 'none'} · debug: {result.debug}")
+    console.print(f"  measurement: {result.measurement}")
+    console.print(f"  report data: {result.report_data}")
 
 
 @audit_app.command("verify")
