@@ -179,8 +179,27 @@ def sign_envelope(key: SigningKey, payload_type: str, payload: bytes) -> dict[st
     }
 
 
-def open_envelope(envelope: dict[str, Any], payload_type: str, public_key: PublicKey) -> bytes:
-    """Check the envelope's type and its signature by ``public_key``; return the payload bytes."""
+def open_envelope(envelope: Any, payload_type: str, public_key: PublicKey) -> bytes:
+    """Check the envelope's type and its signature by ``public_key``; return the payload bytes.
+
+    Envelopes arrive from workers and files, so any wrong shape (not an object, signatures not a
+    list, a sig that is a number) is an ``IntegrityError`` like a bad signature, never a TypeError.
+    """
+    if not isinstance(envelope, dict):
+        raise IntegrityError(f"envelope is a {type(envelope).__name__}, expected a DSSE object")
+    signatures = envelope.get("signatures")
+    if (
+        not isinstance(envelope.get("payload"), str)
+        or not isinstance(signatures, list)
+        or not all(
+            isinstance(e, dict) and isinstance(e.get("keyid"), str) and isinstance(e.get("sig"), str)
+            for e in signatures
+        )
+    ):
+        raise IntegrityError(
+            "malformed DSSE envelope: payload must be a base64 string and signatures a list of "
+            "{keyid, sig} strings"
+        )
     if envelope.get("payloadType") != payload_type:
         raise IntegrityError(
             f"envelope has payloadType {envelope.get('payloadType')!r}, expected {payload_type!r}"

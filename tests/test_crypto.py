@@ -110,3 +110,19 @@ def test_keys_persist_with_owner_only_permissions(tmp_path):
     assert PublicKey.from_hex(key.public_key.hex) == key.public_key
     with pytest.raises(IntegrityError, match="32 bytes"):
         PublicKey.from_hex("ab" * 31)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        [],
+        {"payloadType": "t", "payload": 7, "signatures": []},
+        {"payloadType": "t", "payload": "e30=", "signatures": "sig"},
+        {"payloadType": "t", "payload": "e30=", "signatures": [42]},
+        {"payloadType": "t", "payload": "e30=", "signatures": [{"keyid": 1, "sig": "AA=="}]},
+        {"payloadType": "t", "payload": "e30=", "signatures": [{"keyid": "k", "sig": None}]},
+    ],
+)
+def test_a_malformed_envelope_is_an_integrity_error_not_a_crash(broken) -> None:
+    with pytest.raises(IntegrityError, match="DSSE"):
+        open_envelope(broken, "t", SigningKey.from_seed(b"bob").public_key)

@@ -12,6 +12,15 @@
    ``UNKNOWN_DATASET_ROOT`` / ``DATASET_ROOT_MISMATCH``; ``CHAIN_BROKEN`` (sequence 0 names a previous
    digest, or n names one other than admitted n - 1); ``CHAIN_GAP``; ``JOB_ALREADY_RECEIPTED``.
 
+An admitted receipt may also carry *flags*: doubts that do not refuse it, because nothing is paid
+from the doubted part. ``COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK``: the receipt's optional compute claim
+states more device-seconds than its devices could deliver in its wall-clock time (beyond
+``ComputeClaim.limit_s``'s tolerance). The receipt is admitted with ``Admission.flags`` set and the
+flag stored in ``receipt_flags`` (``ReceiptIntake.flags(period)`` lists them); payment is unaffected,
+because settlement pays compute by the attested ``work_units`` only (``settlement.allocation.allocate_job``:
+the compute row's basis is ``work_units`` and ``settlement.period`` checks them against the job's
+priced work units), never by the claim.
+
 A session is its Ed25519 public key, not an attestation result: a worker may attest again and its
 chain runs on across results and periods. A gap is rejected, not held (fix: submit in sequence
 order); ``admit_many`` orders each session's receipts in a batch itself. Equivocation needs two
@@ -68,7 +77,16 @@ CREATE TABLE IF NOT EXISTS quarantined_sessions (
     conflicting_envelope VARCHAR NOT NULL, -- the second signed receipt: proof the session key equivocated
     quarantined_at      TIMESTAMPTZ NOT NULL
 );
+CREATE TABLE IF NOT EXISTS receipt_flags (
+    session  VARCHAR NOT NULL,
+    sequence BIGINT NOT NULL,
+    flag     VARCHAR NOT NULL,           -- e.g. COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK
+    detail   VARCHAR NOT NULL,           -- the numbers behind the flag, for the person who reads it
+    PRIMARY KEY (session, sequence, flag)
+);
 """
+
+COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK = "COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK"
 
 KnownRoots = Mapping[tuple[str, int], str] | Callable[[str, int], str | None]
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -77,6 +95,20 @@ _WRITE_ATTEMPTS = 5
 # Registering an Arrow table costs ~3 ms; a row through executemany ~1 ms: Arrow past a few rows.
 _ARROW_ROWS = 4
 _IDENT = ("sequence", "job_id", "period", "attestation_result_id", "assurance")
+
+
+def receipt_flags(receipt: UsageReceipt) -> tuple[tuple[str, str], ...]:
+    """The ``(flag, detail)`` doubts about an otherwise valid receipt; empty when there are none."""
+    claim = receipt.compute
+    if claim is None or not claim.exceeds_wall_clock:
+        return ()
+    detail = (
+        f"job {receipt.job_id} claims {claim.device_seconds!r} device-seconds on {claim.devices} device(s) "
+        f"in {claim.wall_clock_s!r} s of wall clock; at most {claim.limit_s:.3f} is possible (devices × wall "
+        f"clock plus tolerance). The claim is not paid: compute is paid by the {receipt.work_units} "
+        "attested work units only — check the worker's timers"
+    )
+    return ((COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK, detail),)
 
 
 class _Plain:
@@ -92,10 +124,12 @@ class Admission:
     receipt: UsageReceipt
     digest: str
     session: str  # hex session public key
+    flags: tuple[str, ...] = ()  # doubts that do not refuse it (see ``receipt_flags``)
 
     def to_dict(self) -> dict[str, Any]:
         ident = {k: getattr(self.receipt, k) for k in _IDENT}
-        return {"status": self.status, "digest": self.digest, "session": self.session, **ident}
+        head = {"status": self.status, "digest": self.digest, "session": self.session}
+        return {**head, **ident, "flags": list(self.flags)}
 
 
 @dataclass(frozen=True)
@@ -129,8 +163,18 @@ class IntakeReport:
     def rejections(self) -> tuple[Rejection, ...]:
         return tuple(o for o in self.outcomes if isinstance(o, Rejection))
 
+    @property
+    def flagged(self) -> int:
+        """Admitted or replayed receipts that carry at least one flag."""
+        return sum(1 for o in self.outcomes if isinstance(o, Admission) and o.flags)
+
     def to_dict(self) -> dict[str, Any]:
-        counts = {"admitted": self.admitted, "replayed": self.replayed, "rejected": len(self.rejections)}
+        counts = {
+            "admitted": self.admitted,
+            "replayed": self.replayed,
+            "rejected": len(self.rejections),
+            "flagged": self.flagged,
+        }
         return {"period": self.period, **counts, "outcomes": [o.to_dict() for o in self.outcomes]}
 
 
@@ -179,6 +223,19 @@ class ChainReport(_Plain):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "ok": self.ok, "truncated": self.truncated}
+
+
+@dataclass(frozen=True)
+class ReceiptFlag(_Plain):
+    """One stored flag on an admitted receipt."""
+
+    session: str
+    sequence: int
+    digest: str
+    job_id: str
+    period: str
+    flag: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -316,6 +373,18 @@ class ReceiptIntake:
         return _Verified(index, envelope, receipt, receipt_digest(envelope), result.session_public_key)
 
     # --- inspection ----------------------------------------------------------------------------
+    def flags(self, period: str) -> tuple[ReceiptFlag, ...]:
+        """Every flag stored on the admitted receipts of ``period``, by session and sequence."""
+        if not isinstance(period, str) or not _PERIOD.match(period):
+            raise ConfigError(f"period {period!r} is not YYYY-MM; pass the period whose flags to list")
+        rows = self.db.query(
+            """SELECT f.session, f.sequence, u.digest, u.job_id, u.period, f.flag, f.detail
+               FROM receipt_flags f JOIN usage_receipts u USING (session, sequence)
+               WHERE u.period = ? ORDER BY f.session, f.sequence, f.flag""",
+            [period],
+        )
+        return tuple(ReceiptFlag(s, int(q), d, j, p, f, t) for s, q, d, j, p, f, t in rows)
+
     def session_status(self, session: str | PublicKey) -> SessionStatus:
         key = _session_hex(session)
         count, last = self.db.query(
@@ -446,16 +515,20 @@ def _decide(
     state = _load_state(con, items, known_roots)
     out: dict[int, Admission | ReceiptRejected] = {}
     new_rows: list[dict[str, Any]] = []
+    new_flags: list[list[Any]] = []
     # Each session in sequence order, so a batch may list a session's receipts in any order.
     for item in sorted(items, key=lambda i: (i.session, i.receipt.sequence)):
         r, digest = item.receipt, item.digest
         stored = state.slots.get((item.session, r.sequence))
         verdict = _verdict(item, stored, period, state)
         if verdict is None:
-            out[item.index] = Admission("replayed" if stored else "admitted", r, digest, item.session)
+            flags = receipt_flags(r)
+            status: Literal["admitted", "replayed"] = "replayed" if stored else "admitted"
+            out[item.index] = Admission(status, r, digest, item.session, tuple(f for f, _ in flags))
             if stored is None:
                 state.slots[(item.session, r.sequence)] = state.jobs[r.job_id] = digest
                 new_rows.append(_row(item, moment))
+                new_flags += [[item.session, r.sequence, flag, detail] for flag, detail in flags]
             continue
         out[item.index] = _reject(item, *verdict)
         if verdict[0] == "EQUIVOCATION":
@@ -466,6 +539,8 @@ def _decide(
             )
     if new_rows:
         _insert(con, new_rows)
+    if new_flags:
+        con.executemany("INSERT INTO receipt_flags VALUES (?, ?, ?, ?)", new_flags)
     return out
 
 

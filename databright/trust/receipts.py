@@ -9,6 +9,14 @@ measured code, so settlement can pay from it without trusting the host that ran 
 
 Floats (per-record and per-owner values) are written by canonical JSON with Python's ``repr``,
 which round-trips every finite float exactly, so a verifier re-derives the same bytes and roots.
+
+The optional ``compute`` member (a ``ComputeClaim``: devices, wall-clock seconds, device-seconds) is
+the worker's own account of the hardware time it used. It is signed with the rest, but it is a
+*claim*: intake flags one that exceeds what the devices could do in the wall-clock time, and nothing
+is ever paid from it — compute is paid by the attested ``work_units`` alone. It is still receipt
+version 1: when absent the member is left out of the statement entirely, so receipts made before it
+existed keep their bytes, digests and chains; a reader that predates it refuses a receipt carrying it
+as malformed rather than misreading it.
 """
 
 from __future__ import annotations
@@ -44,6 +52,13 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://databright.dev/usage-receipt/v1"
 # A worker's clock may run a little ahead of the exchange's; more than this is refused.
 CLOCK_SKEW = dt.timedelta(minutes=5)
+# A compute claim may exceed devices × wall clock by this much before it is flagged: per-device
+# timers start and stop a little apart from the job's wall clock (the relative part) and are coarse
+# for jobs of a few seconds (the absolute part).
+COMPUTE_TOLERANCE_RATIO = 0.01
+COMPUTE_TOLERANCE_S = 1.0
+# More devices than any one job spans; the bound keeps devices × wall clock a finite float.
+MAX_DEVICES = 1 << 20
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -80,6 +95,66 @@ class OwnerUsage:
         return {"rows_used": self.rows_used, "visits": self.visits, "value": self.value}
 
 
+def _finite_non_negative(name: str, value: Any) -> float:
+    """``value`` as a float, or a MALFORMED rejection naming ``name``."""
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer too large for a float
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise _malformed(f"compute {name} {value!r:.40} must be a finite number of seconds >= 0")
+    # Always a float, so an integral claim is written 12.0 and re-serialises to the same bytes.
+    return number
+
+
+@dataclass(frozen=True)
+class ComputeClaim:
+    """The worker's own, signed account of the hardware time a job used; never a basis for payment.
+
+    ``devices``: accelerators (or CPU workers) the job ran on, at least 1; ``wall_clock_s``: seconds
+    from the job's start to its end on the worker's monotonic clock; ``device_seconds``: the busy time
+    summed over the devices. ``device_seconds`` cannot honestly exceed ``devices * wall_clock_s``.
+    """
+
+    devices: int
+    wall_clock_s: float
+    device_seconds: float
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.devices) or not 1 <= self.devices <= MAX_DEVICES:
+            raise _malformed(
+                f"compute devices {self.devices!r:.40} must be an integer from 1 to {MAX_DEVICES}"
+            )
+        object.__setattr__(self, "wall_clock_s", _finite_non_negative("wall_clock_s", self.wall_clock_s))
+        object.__setattr__(
+            self, "device_seconds", _finite_non_negative("device_seconds", self.device_seconds)
+        )
+
+    @property
+    def limit_s(self) -> float:
+        """The most device-seconds an honest claim may state: devices × wall clock, plus the tolerance."""
+        return self.devices * self.wall_clock_s * (1 + COMPUTE_TOLERANCE_RATIO) + COMPUTE_TOLERANCE_S
+
+    @property
+    def exceeds_wall_clock(self) -> bool:
+        return self.device_seconds > self.limit_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "devices": self.devices,
+            "wall_clock_s": self.wall_clock_s,
+            "device_seconds": self.device_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ComputeClaim:
+        names = {"devices", "wall_clock_s", "device_seconds"}
+        if not isinstance(data, dict) or set(data) != names:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise _malformed(f"compute has fields {got}, expected {sorted(names)}")
+        return cls(**data)
+
+
 def records_leaf(owner: str, record_id: str, visits: int, value: float) -> bytes:
     """The Merkle leaf data for one record's use: ``canonical_json([owner, record_id, visits, value])``."""
     return canonical_json([owner, record_id, int(visits), float(value)])
@@ -112,6 +187,7 @@ class UsageReceipt:
     sequence: int
     previous_receipt_digest: str | None
     issued_at: str
+    compute: ComputeClaim | None = None
 
     def __post_init__(self) -> None:
         if self.receipt_version != RECEIPT_VERSION:
@@ -163,6 +239,8 @@ class UsageReceipt:
             parse_iso(self.issued_at, field="issued_at")
         except AttestationError as exc:
             raise _malformed(exc.message) from exc
+        if self.compute is not None and not isinstance(self.compute, ComputeClaim):
+            raise _malformed(f"compute {self.compute!r} must be a ComputeClaim or None")
 
     # --- views ---------------------------------------------------------------------------------
     @property
@@ -173,6 +251,11 @@ class UsageReceipt:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["owners"] = {owner: usage.to_dict() for owner, usage in sorted(self.owners.items())}
         data["valuation"] = dict(self.valuation)
+        # Absent, not null: a receipt without a claim keeps the exact bytes it had before claims existed.
+        if self.compute is None:
+            del data["compute"]
+        else:
+            data["compute"] = self.compute.to_dict()
         return data
 
     def statement(self) -> dict[str, Any]:
@@ -192,9 +275,13 @@ class UsageReceipt:
             raise _malformed(f"predicateType {statement.get('predicateType')!r}, expected {PREDICATE_TYPE}")
         predicate = statement.get("predicate")
         names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(predicate, dict) or set(predicate) != names:
+        if not isinstance(predicate, dict) or set(predicate) - {"compute"} != names - {"compute"}:
             got = sorted(predicate) if isinstance(predicate, dict) else type(predicate).__name__
-            raise _malformed(f"predicate has fields {got}, expected {sorted(names)}")
+            raise _malformed(
+                f"predicate has fields {got}, expected {sorted(names - {'compute'})} and optionally compute"
+            )
+        if "compute" in predicate and predicate["compute"] is None:
+            raise _malformed("compute is null; leave the member out when there is no compute claim")
         owners = predicate["owners"]
         if not isinstance(owners, dict):
             raise _malformed(f"owners is {type(owners).__name__}, expected an object")
@@ -202,7 +289,10 @@ class UsageReceipt:
             parsed_owners = {owner: OwnerUsage(**usage) for owner, usage in owners.items()}
         except TypeError as exc:
             raise _malformed(f"owner usage needs rows_used, visits, value ({exc})") from exc
-        receipt = cls(**{**predicate, "owners": parsed_owners})
+        fields = {**predicate, "owners": parsed_owners}
+        if "compute" in predicate:
+            fields["compute"] = ComputeClaim.from_dict(predicate["compute"])
+        receipt = cls(**fields)
         subject = statement.get("subject")
         expected = [{"name": f"model:{receipt.job_id}", "digest": {"sha256": receipt.model_digest}}]
         if subject != expected:

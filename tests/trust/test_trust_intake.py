@@ -32,7 +32,8 @@ from databright.trust import (
     receipt_digest,
     sign_receipt,
 )
-from databright.trust.intake import Admission, ReceiptIntake, Rejection
+from databright.trust.intake import COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK, Admission, ReceiptIntake, Rejection
+from databright.trust.receipts import ComputeClaim
 
 PERIOD = "2026-11"
 ROOT = "12" * 32
@@ -299,6 +300,59 @@ def test_one_receipt_per_job(intake, result, session_key):
     admit(intake, r0)
     again = sign_receipt(session_key, receipt(result, 1, receipt_digest(r0), job_id=receipt(result).job_id))
     rejected("JOB_ALREADY_RECEIPTED", intake, again)
+
+
+# --- compute claims: flagged, stored, never paid from ---------------------------------------------
+
+
+def test_a_compute_claim_larger_than_wall_clock_is_admitted_flagged_and_stored(intake, result, session_key):
+    honest = ComputeClaim(devices=2, wall_clock_s=100.0, device_seconds=200.0)
+    inflated = ComputeClaim(devices=2, wall_clock_s=100.0, device_seconds=1_000.0)  # 2 devices, 100 s: 200
+    first = sign_receipt(session_key, receipt(result, 0, compute=honest))
+    second = sign_receipt(session_key, receipt(result, 1, receipt_digest(first), compute=inflated))
+    third = sign_receipt(session_key, receipt(result, 2, receipt_digest(second)))  # an older worker: no claim
+    admissions = [admit(intake, e) for e in (first, second, third)]
+    assert [(a.status, a.flags) for a in admissions] == [
+        ("admitted", ()),
+        ("admitted", (COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK,)),
+        ("admitted", ()),
+    ]
+    assert json.loads(json.dumps(admissions[1].to_dict()))["flags"] == ["COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK"]
+    # The receipt, work units and all, is held as signed: the flag changes nothing that is paid.
+    assert admissions[1].receipt.work_units == 600 and admissions[1].receipt.compute == inflated
+    (flag,) = intake.flags(PERIOD)
+    assert (flag.session, flag.sequence, flag.digest, flag.job_id, flag.period, flag.flag) == (
+        session_key.public_key.hex,
+        1,
+        receipt_digest(second),
+        admissions[1].receipt.job_id,
+        PERIOD,
+        COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK,
+    )
+    assert "1000.0 device-seconds on 2 device(s) in 100.0 s" in flag.detail
+    assert "at most 203.000 is possible" in flag.detail and "600 attested work units" in flag.detail
+    assert json.loads(json.dumps(flag.to_dict()))["flag"] == COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK
+    assert intake.flags("2026-10") == ()
+    # A replay is counted once and says its flag again; nothing new is stored.
+    again = admit(intake, second)
+    assert (again.status, again.flags) == ("replayed", (COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK,))
+    report = intake.admit_many([first, second, third], period=PERIOD, known_roots=ROOTS, now=LATER)
+    assert (report.replayed, report.flagged) == (3, 1) and report.to_dict()["flagged"] == 1
+    assert len(intake.flags(PERIOD)) == 1 and stored_count(intake) == 3
+    with pytest.raises(ConfigError, match="YYYY-MM"):
+        intake.flags("November")
+
+
+def test_in_a_batch_a_flagged_receipt_is_flagged_and_a_refused_one_stores_no_flag(
+    intake, result, session_key
+):
+    inflated = ComputeClaim(devices=1, wall_clock_s=10.0, device_seconds=60.0)
+    flagged = sign_receipt(session_key, receipt(result, 0, compute=inflated))
+    refused = sign_receipt(session_key, receipt(result, 1, "00" * 32, compute=inflated))  # broken link
+    report = intake.admit_many([refused, flagged], period=PERIOD, known_roots=ROOTS, now=LATER)
+    assert [r.reason for r in report.rejections] == ["CHAIN_BROKEN"]
+    assert (report.admitted, report.flagged) == (1, 1)
+    assert [(f.sequence, f.flag) for f in intake.flags(PERIOD)] == [(0, COMPUTE_CLAIM_EXCEEDS_WALL_CLOCK)]
 
 
 # --- the chain audit ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -28,6 +29,7 @@ from databright.trust import (
     verify_receipt,
     verify_usage_receipt,
 )
+from databright.trust.receipts import COMPUTE_TOLERANCE_RATIO, COMPUTE_TOLERANCE_S, ComputeClaim
 
 SESSION = SigningKey.from_seed(b"enclave session key for tests")
 ROWS = [
@@ -341,3 +343,111 @@ def test_facade_rejects_a_receipt_signed_outside_the_session(verifier, verifier_
         SigningKey.from_seed(b"host"), make_receipt(attested, issued_at=attested.issued_at)
     )
     rejected("SIGNATURE_INVALID", verify_usage_receipt, verifier.db, store, verifier_key.public_key, envelope)
+
+
+# --- the optional compute claim ----------------------------------------------------------------
+
+# sha256 of make_receipt()'s signed statement, recorded before receipts could carry a compute claim:
+# a receipt without one keeps these exact bytes, so older receipts, their chains and the demo's
+# allocation root are unchanged.
+DIGEST_BEFORE_COMPUTE_CLAIMS = "0de6841207f6fdc1ea911b9930e10b1fd69b43f3b12004661521fe8972d3279c"
+LATER = NOW + dt.timedelta(hours=2)
+
+
+def test_a_receipt_without_a_compute_claim_keeps_its_bytes():
+    envelope = sign_receipt(SESSION, make_receipt())
+    assert receipt_digest(envelope) == DIGEST_BEFORE_COMPUTE_CLAIMS
+    assert "compute" not in json.loads(base64.b64decode(envelope["payload"]))["predicate"]
+    assert verify_receipt(envelope, make_result(), now=LATER).compute is None
+
+
+def test_a_compute_claim_is_signed_with_the_receipt_and_round_trips():
+    receipt = make_receipt(compute=ComputeClaim(devices=2, wall_clock_s=10, device_seconds=19.5))
+    envelope = sign_receipt(SESSION, receipt)
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    # Integral seconds are written as floats, so the bytes do not depend on how the worker typed them.
+    assert statement["predicate"]["compute"] == {"devices": 2, "wall_clock_s": 10.0, "device_seconds": 19.5}
+    assert verify_receipt(envelope, make_result(), now=LATER) == receipt
+    assert receipt_digest(envelope) != DIGEST_BEFORE_COMPUTE_CLAIMS
+    # Inflating the claim after signing, or adding one to a signed receipt, breaks the signature.
+    statement["predicate"]["compute"]["device_seconds"] = 1e9
+    inflated = {**envelope, "payload": base64.b64encode(canonical_json(statement)).decode()}
+    rejected("SIGNATURE_INVALID", verify_receipt, inflated, make_result(), now=LATER)
+    plain = sign_receipt(SESSION, make_receipt())
+    added = json.loads(base64.b64decode(plain["payload"]))
+    added["predicate"]["compute"] = {"devices": 1, "wall_clock_s": 1.0, "device_seconds": 1.0}
+    forged = {**plain, "payload": base64.b64encode(canonical_json(added)).decode()}
+    rejected("SIGNATURE_INVALID", verify_receipt, forged, make_result(), now=LATER)
+
+
+@pytest.mark.parametrize(
+    "compute",
+    [
+        None,  # the member is left out when there is no claim, never null
+        [2, 10.0, 20.0],
+        {"devices": 2, "wall_clock_s": 10.0},
+        {"devices": 2, "wall_clock_s": 10.0, "device_seconds": 20.0, "joules": 1.0},
+        {"devices": 0, "wall_clock_s": 10.0, "device_seconds": 0.0},
+        {"devices": True, "wall_clock_s": 10.0, "device_seconds": 0.0},
+        {"devices": 1.0, "wall_clock_s": 10.0, "device_seconds": 0.0},
+        {"devices": 2**20 + 1, "wall_clock_s": 10.0, "device_seconds": 0.0},
+        {"devices": 1, "wall_clock_s": -1.0, "device_seconds": 0.0},
+        {"devices": 1, "wall_clock_s": "10", "device_seconds": 0.0},
+        {"devices": 1, "wall_clock_s": 10**400, "device_seconds": 0.0},
+        {"devices": 1, "wall_clock_s": 10.0, "device_seconds": -0.5},
+        {"devices": 1, "wall_clock_s": 10.0, "device_seconds": False},
+    ],
+)
+def test_a_malformed_compute_claim_is_refused_even_when_signed(compute):
+    statement = make_receipt().statement()
+    statement["predicate"]["compute"] = compute
+    signed = sign_envelope(SESSION, USAGE_RECEIPT_TYPE, canonical_json(statement))
+    err = rejected("MALFORMED", verify_receipt, signed, make_result(), now=LATER)
+    assert "compute" in str(err)
+
+
+@pytest.mark.parametrize("seconds", [math.nan, math.inf, -math.inf])
+def test_a_compute_claim_must_be_finite(seconds):
+    rejected("MALFORMED", ComputeClaim, 1, seconds, 0.0)
+    rejected("MALFORMED", ComputeClaim, 1, 1.0, seconds)
+
+
+def test_a_receipt_takes_its_claim_as_a_compute_claim_object():
+    err = rejected(
+        "MALFORMED", make_receipt, compute={"devices": 1, "wall_clock_s": 1.0, "device_seconds": 1.0}
+    )
+    assert "ComputeClaim" in str(err)
+
+
+def test_the_flag_threshold_is_devices_times_wall_clock_plus_the_stated_tolerance():
+    claim = ComputeClaim(devices=4, wall_clock_s=100.0, device_seconds=0.0)
+    # 4 devices × 100 s = 400 device-seconds, plus 1 % (4) and 1 s: 405.
+    assert claim.limit_s == pytest.approx(405.0, abs=1e-9)
+    at = ComputeClaim(4, 100.0, claim.limit_s)
+    above = ComputeClaim(4, 100.0, math.nextafter(claim.limit_s, math.inf))
+    assert not at.exceeds_wall_clock and above.exceeds_wall_clock
+    assert not ComputeClaim(1, 0.0, 1.0).exceeds_wall_clock  # a job too short to time still gets 1 s
+    assert ComputeClaim(1, 0.0, 1.5).exceeds_wall_clock
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    devices=st.integers(1, 1024),
+    wall=st.floats(0, 1e7, allow_nan=False),
+    busy=st.floats(0, 1, allow_nan=False),
+    excess=st.floats(1.0001, 1e6, allow_nan=False),
+)
+def test_honest_claims_are_never_flagged_and_inflated_ones_always_are(devices, wall, busy, excess):
+    capacity = devices * wall
+    assert not ComputeClaim(devices, wall, busy * capacity).exceeds_wall_clock
+    inflated = (capacity * (1 + COMPUTE_TOLERANCE_RATIO) + COMPUTE_TOLERANCE_S) * excess
+    assert ComputeClaim(devices, wall, inflated).exceeds_wall_clock
+
+
+@pytest.mark.parametrize(
+    "signatures",
+    [[42], "sig", None, [{"keyid": SESSION.public_key.key_id, "sig": 5}], [{"keyid": 1, "sig": "AA=="}]],
+)
+def test_a_receipt_envelope_of_the_wrong_shape_is_a_bad_signature_not_a_crash(signatures):
+    envelope = {**sign_receipt(SESSION, make_receipt()), "signatures": signatures}
+    rejected("SIGNATURE_INVALID", verify_receipt, envelope, make_result(), now=LATER)

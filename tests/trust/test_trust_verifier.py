@@ -409,3 +409,157 @@ def test_from_settings_uses_the_repository_policy_and_home_keys(settings: Settin
     assert verifier.root_public_key == root.public_key
     assert verifier.policy == AttestationPolicy.load(settings.attestation_policy_path)
     assert (settings.keys_dir / "verifier.pem").is_file()
+
+
+# --- every field of simulated evidence, changed one at a time ---------------------------------
+
+DELETED = object()  # marks "the field is removed" in the change tables below
+# For each signed field, a value the honest evidence does not hold, of the same JSON type. The
+# quote's values are also off-policy, so the re-signed variant below proves each field is checked.
+QUOTE_CHANGES: dict[str, object] = {
+    "tee_type": "sgx-dcap",
+    "measurement": "cd" * 32,
+    "signer_id": "mallory",
+    "product_id": 7,
+    "svn": 0,
+    "debug": True,
+    "report_data": "00" * 32,
+    "platform_id": "plat-2",
+}
+ENDORSEMENT_CHANGES: dict[str, object] = {
+    "platform_id": "plat-2",
+    "tcb_svn": 9,
+    "platform_public_key": SigningKey.from_seed(b"a key the host made").public_key.hex,
+    "expires_at": "2036-11-03T12:00:00.000000+00:00",
+}
+# The DSSE envelope's own fields (keyid and sig are those of its one signature): label -> value.
+ENVELOPE_CHANGES: dict[str, dict[str, object]] = {
+    "payloadType": {"receipt-type": "application/vnd.databright.usage-receipt.v1+json", "deleted": DELETED},
+    "payload": {"not-base64": "not base64!", "number": 5, "deleted": DELETED},
+    "signatures": {"empty": [], "string": "sig", "number-entry": [42], "deleted": DELETED},
+    "keyid": {"other-key": "0" * 16, "deleted": DELETED},
+    "sig": {"zero-bytes": base64.b64encode(bytes(64)).decode(), "number": 5, "deleted": DELETED},
+}
+SIGNED_BY = {"quote": "QUOTE_SIGNATURE_INVALID", "endorsement": "ENDORSEMENT_INVALID"}
+
+
+def _cases() -> list:
+    cases = []
+    for part, changes in (("quote", QUOTE_CHANGES), ("endorsement", ENDORSEMENT_CHANGES)):
+        code = SIGNED_BY[part]
+        for field, value in changes.items():
+            cases.append(pytest.param(part, field, value, code, id=f"{part}.{field}=changed"))
+            cases.append(pytest.param(part, field, DELETED, code, id=f"{part}.{field}=deleted"))
+        cases.append(pytest.param(part, "extra", "unsigned claim", code, id=f"{part}.extra=added"))
+        # The same JSON in other bytes: the signature is over bytes, not over what they parse to.
+        cases.append(pytest.param(part, "", "re-encoded", code, id=f"{part}.payload=re-encoded"))
+        for field, values in ENVELOPE_CHANGES.items():
+            for label, value in values.items():
+                cases.append(
+                    pytest.param(f"{part} envelope", field, value, code, id=f"{part}.dsse.{field}={label}")
+                )
+    cases += [
+        pytest.param("evidence", "tee_type", "sgx-dcap", "WRONG_VERIFIER", id="evidence.tee_type=changed"),
+        pytest.param("evidence", "tee_type", DELETED, "EVIDENCE_MALFORMED", id="evidence.tee_type=deleted"),
+        pytest.param("evidence", "quote", DELETED, "EVIDENCE_MALFORMED", id="evidence.quote=deleted"),
+        pytest.param(
+            "evidence", "endorsement", DELETED, "EVIDENCE_MALFORMED", id="evidence.endorsement=deleted"
+        ),
+        pytest.param(
+            "evidence", "quote", "endorsement", "QUOTE_SIGNATURE_INVALID", id="evidence.quote=endorsement"
+        ),
+        pytest.param(
+            "evidence", "endorsement", "quote", "ENDORSEMENT_INVALID", id="evidence.endorsement=quote"
+        ),
+    ]
+    return cases
+
+
+def _set(container: dict, field: str, value: object) -> None:
+    if value is DELETED:
+        del container[field]
+    else:
+        container[field] = value
+
+
+def change_field(evidence: dict, part: str, field: str, value: object) -> dict:
+    """A copy of ``evidence`` with one field changed and nothing re-signed."""
+    out = copy.deepcopy(evidence)
+    if part == "evidence":
+        # "quote"/"endorsement" as a value means: put the other envelope in this slot.
+        _set(out, field, copy.deepcopy(evidence[value]) if value in ("quote", "endorsement") else value)
+    elif part in SIGNED_BY:
+        envelope = out[part]
+        if value == "re-encoded":
+            body = json.loads(base64.b64decode(envelope["payload"]))
+            envelope["payload"] = base64.b64encode(json.dumps(body, indent=1).encode()).decode()
+        else:
+            body = json.loads(base64.b64decode(envelope["payload"]))
+            _set(body, field, value)
+            envelope["payload"] = base64.b64encode(canonical_json(body)).decode()
+    else:
+        envelope = out[part.split()[0]]
+        _set(envelope["signatures"][0] if field in ("keyid", "sig") else envelope, field, value)
+    return out
+
+
+def test_the_change_tables_name_every_field_of_simulated_evidence(make_evidence):
+    """If the attester ever signs a new field, this fails until the tables above cover it."""
+    evidence = make_evidence(b"\x01" * 32)
+    assert set(evidence) == {"tee_type", "quote", "endorsement"}
+    for part, changes in (("quote", QUOTE_CHANGES), ("endorsement", ENDORSEMENT_CHANGES)):
+        envelope = evidence[part]
+        assert set(json.loads(base64.b64decode(envelope["payload"]))) == set(changes)
+        assert set(envelope) | {"keyid", "sig"} == set(ENVELOPE_CHANGES)
+        assert [set(s) for s in envelope["signatures"]] == [{"keyid", "sig"}]
+        # Re-encoding an unchanged body reproduces the signed bytes, so each change is that field alone.
+        body = json.loads(base64.b64decode(envelope["payload"]))
+        assert base64.b64encode(canonical_json(body)).decode() == envelope["payload"]
+    assert {field for field, _ in QUOTE_FIELD_CODES} == set(QUOTE_CHANGES)
+
+
+@pytest.mark.parametrize(("part", "field", "value", "code"), _cases())
+def test_any_single_field_changed_without_re_signing_is_refused(
+    verifier, make_evidence, session_key, part, field, value, code
+):
+    nonce = verifier.issue_nonce(now=NOW)
+    honest = make_evidence(nonce)
+    forged = change_field(honest, part, field, value)
+    assert forged != honest
+    assert_code(code, appraise, verifier, forged, session_key, nonce)
+    assert result_count(verifier) == 0
+    # The unchanged evidence passes with the same nonce: the one changed field was the whole reason.
+    result, _ = appraise(verifier, honest, session_key, nonce)
+    assert result.status == "ok"
+
+
+# What refuses each quote field when the quote is re-signed with the changed value.
+QUOTE_FIELD_CODES = [
+    ("tee_type", "TEE_TYPE_NOT_ALLOWED"),
+    ("measurement", "MEASUREMENT_NOT_ALLOWED"),
+    ("signer_id", "SIGNER_NOT_ALLOWED"),
+    ("product_id", "SIGNER_NOT_ALLOWED"),
+    ("svn", "SVN_TOO_LOW"),
+    ("debug", "DEBUG_NOT_ALLOWED"),
+    ("report_data", "BINDING_MISMATCH"),
+    ("platform_id", "QUOTE_SIGNATURE_INVALID"),
+]
+
+
+@pytest.mark.parametrize(("field", "code"), QUOTE_FIELD_CODES)
+def test_a_host_holding_the_platform_key_still_cannot_change_any_quote_field(
+    verifier, make_evidence, session_key, platform, field, code
+):
+    # The simulated platform key is a file on the host, so a dishonest host can re-sign the quote.
+    # Every field is then judged on its own by the policy and the binding, each with its own code.
+    nonce = verifier.issue_nonce(now=NOW)
+    evidence = make_evidence(nonce)
+    body = json.loads(base64.b64decode(evidence["quote"]["payload"]))
+    key = SigningKey.load_or_create(platform.key_path)
+    changed = {**body, field: QUOTE_CHANGES[field]}
+    evidence["quote"] = sign_envelope(key, SIM_QUOTE_TYPE, canonical_json(changed))
+    assert_code(code, appraise, verifier, evidence, session_key, nonce)
+    removed = {k: v for k, v in body.items() if k != field}
+    evidence["quote"] = sign_envelope(key, SIM_QUOTE_TYPE, canonical_json(removed))
+    assert_code("EVIDENCE_MALFORMED", appraise, verifier, evidence, session_key, nonce)
+    assert result_count(verifier) == 0
