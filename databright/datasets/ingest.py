@@ -10,17 +10,26 @@
 
     duplicates of the dataset's registered records refused (credit stays with the first
     registrant, by registry sequence) → near-duplicate groups over the whole version → version
-    folder v<n> (delta, quarantine, report, Merkle manifest) → DVC add + push → ONE registry
-    transaction (dataset if new, version, records, submission, quarantine)
+    folder v<n> (delta, quarantine, report, Merkle manifest) → a fresh data key for v<n> and the
+    delta sealed beside itself (``records.parquet.sealed``, the shard workers read) → DVC add +
+    push (the sealed shard, not the plaintext delta: ``.dvcignore``) → ONE registry transaction
+    (dataset if new, version, records, submission, quarantine)
 
 Memory stays bounded by one chunk while staging; the accepted rows wait on disk, and publishing
 streams them into the version's delta. Nothing is half-registered: a failure before the registry
 commit leaves no version folder, no ``.dvc`` file and no registry row, and a crash at any step
-leaves either no new version or a complete one. A registration killed outright (no chance to
-clean up) leaves its staging folder behind; the next ``stage_submission`` removes it
-(``staging.sweep_stale``). If no row survives, no version is made, the submission and its
-quarantine are still recorded, and ``NothingAccepted`` is raised with the counts. For every
-submission ``rows_received = accepted + quarantined_rows + duplicates_refused``.
+leaves either no new version or a complete one (a data key made for a version that never
+committed is replaced when that version number is next published: ``trust.keys.DataKeys.fresh``).
+A registration killed outright (no chance to clean up) leaves its staging folder behind; the next
+``stage_submission`` removes it (``staging.sweep_stale``). If no row survives, no version is
+made, the submission and its quarantine are still recorded, and ``NothingAccepted`` is raised
+with the counts. For every submission ``rows_received = accepted + quarantined_rows +
+duplicates_refused``.
+
+Plaintext at rest: the delta stays in the local workspace beside its sealed copy, for the
+exchange's own readers (dedup, near-duplicates, ``load_version_frame``, lineage, the provenance
+audit); the DVC cache and remote hold it only sealed, and workers only ever get the sealed shard.
+The version's ``quarantine.parquet`` (the refused cells) is not sealed and is pushed as it is.
 
 A dataset keeps its contract kind; its schema may not change between versions (the suite may be
 tightened — each version records the contract digest it was checked against).
@@ -315,6 +324,12 @@ def publish_submission(settings: Settings, db: ExchangeDB, staged: StagedSubmiss
                 owner_counts=owner_counts, near_duplicate_groups=groups,
             )  # fmt: skip
             checkpoint("version-written")
+            from databright.trust.keys import seal_new_version  # the trust package loads on first publish
+
+            seal_new_version(
+                settings, db, staged.dataset, version_number, {written.data_path: written.data_digest}
+            )
+            checkpoint("sealed")
             md5 = dvc_versions.track_and_push(workspace, folder)
             checkpoint("pushed")
             registry.commit_submission(

@@ -11,6 +11,11 @@
   **re-derived from the row values** (``canonical.record_ids``, not the stored column), the owners,
   the withdrawals and the near-duplicate groups, and the Merkle root over the ids left after
   withdrawals. Any mismatch raises ``IntegrityError`` naming the file.
+
+  DVC holds a sealed version's delta and withdrawal file only as their sealed shards
+  (``trust.sealing``), so after the DVC pull each shard is opened with its version's data key
+  (the exchange's ``trust.keys.DataKeys``), its plaintext checked against the registry's digest
+  and put back beside it — the shard workers will read is verified along with everything else.
 """
 
 from __future__ import annotations
@@ -198,6 +203,7 @@ class PullReport:
     chain: tuple[VerifiedVersion, ...]
     files_verified: int
     bytes_verified: int
+    shards_opened: int = 0  # sealed shards decrypted back to their plaintext, digests checked
 
     @property
     def merkle_root(self) -> str:
@@ -216,6 +222,7 @@ class PullReport:
             "record_count": self.record_count,
             "files_verified": self.files_verified,
             "bytes_verified": self.bytes_verified,
+            "shards_opened": self.shards_opened,
             "chain": [v.to_dict() for v in self.chain],
         }
 
@@ -372,6 +379,43 @@ class _ChainVerifier:
             raise _mismatch(path, "a near-duplicate group member", strangers[0], "a record of this version")
 
 
+def _unseal(settings: Settings, db: ExchangeDB, chain: list[DatasetVersion]) -> int:
+    """Put back the plaintext of every sealed shard of ``chain`` (DVC never had it); return the count."""
+    from databright.trust.keys import DataKeys
+    from databright.trust.sealing import SEALED_SUFFIX, open_sealed_to, version_file_aad
+
+    keys = DataKeys.from_settings(settings, db)
+    opened = 0
+    for version in chain:
+        key = keys.find(version.dataset, version.version)
+        if key is None:
+            continue  # registered before versions were sealed: DVC holds its plaintext itself
+        own = [(version.data_paths[-1], version.data_digests[-1])]
+        own += [
+            (rel, digest)
+            for rel, digest in zip(version.withdrawn_paths, version.withdrawn_digests, strict=True)
+            if rel == f"{version.folder}/{WITHDRAWN_FILE}"
+        ]
+        for rel, digest in own:
+            plain = settings.workspace_dir / rel
+            sealed = plain.with_name(plain.name + SEALED_SUFFIX)
+            if not sealed.is_file():
+                raise IntegrityError(
+                    f"{sealed} is missing after the pull; the remote lacks it", file=str(sealed)
+                )
+            # Decrypted beside the target and renamed only once it matches: a bad shard replaces nothing.
+            tmp = plain.with_name(f".{plain.name}.unsealed.tmp")
+            result = open_sealed_to(
+                sealed, tmp, key.key, version_file_aad(version.dataset, version.version, rel)
+            )
+            if result.plaintext_sha256 != digest:
+                tmp.unlink(missing_ok=True)
+                raise _mismatch(sealed, "the sha256 of its plaintext", result.plaintext_sha256, digest)
+            tmp.replace(plain)
+            opened += 1
+    return opened
+
+
 def _remote_name(settings: Settings) -> str:
     remote = settings.dvc_remote
     return str(remote) if isinstance(remote, Path) else remote.url
@@ -384,6 +428,9 @@ def pull_version(settings: Settings, db: ExchangeDB, dataset: str, version: int 
     chain = [registry.get_version(dataset, v) for v in range(1, target.version + 1)]
     workspace = settings.workspace_dir
     dvc_versions.init_workspace(workspace, settings.dvc_remote)
+    from databright.trust.sealing import keep_plaintext_out_of_dvc
+
+    keep_plaintext_out_of_dvc(workspace)  # a fresh workspace's DVC must leave the unsealed plaintext be
     for v in chain:
         dvc_versions.ensure_tracked(workspace, v.folder, v.dvc_md5)
     try:
@@ -394,6 +441,7 @@ def pull_version(settings: Settings, db: ExchangeDB, dataset: str, version: int 
             dataset=dataset,
             version=target.version,
         ) from exc
+    shards = _unseal(settings, db, chain)
     verifier = _ChainVerifier(workspace)
     verified = tuple(verifier.verify(v) for v in chain)
     return PullReport(
@@ -403,4 +451,5 @@ def pull_version(settings: Settings, db: ExchangeDB, dataset: str, version: int 
         chain=verified,
         files_verified=verifier.files,
         bytes_verified=verifier.bytes,
+        shards_opened=shards,
     )

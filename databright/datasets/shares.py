@@ -15,10 +15,12 @@ records (all of them with ``record_ids=None``) out of the dataset by making a ne
 them — never by editing an old one::
 
     check ids (the owner's, in the latest version) → v<n+1> folder (empty delta + withdrawn.parquet
-    + manifest) → DVC add + push → ONE registry transaction (version row, withdrawal, ids)
+    + manifest) → both sealed under a fresh data key of v<n+1> (the shards workers read; DVC
+    pushes them, not the plaintext) → DVC add + push → ONE registry transaction (version row,
+    withdrawal, ids)
 
-It has ingest's crash safety: it takes the same per-home lock, and if DVC or the registry fails
-the folder and its ``.dvc`` file are removed and no registry row exists. Past versions, their
+It has ingest's crash safety: it takes the same per-home lock, and if sealing, DVC or the registry
+fails the folder and its ``.dvc`` file are removed and no registry row exists. Past versions, their
 files, receipts and payouts are untouched, so a job that used v<n> stays auditable. Future jobs
 stop using the records: the new version's release drops them, and ``check_trainable`` refuses a job
 on an older version that still holds withdrawn records.
@@ -325,6 +327,12 @@ def withdraw_records(
             contract_digest=latest.contract_digest,
         )
         try:
+            from databright.trust.keys import seal_new_version  # the trust package loads on first use
+
+            worker_files = {written.data_path: written.data_digest}
+            if written.withdrawn_path is not None and written.withdrawn_digest is not None:
+                worker_files[written.withdrawn_path] = written.withdrawn_digest
+            seal_new_version(settings, db, dataset, number, worker_files)
             md5 = dvc_versions.track_and_push(workspace, folder)
             new_version = NewVersion(
                 version=number,

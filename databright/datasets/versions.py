@@ -21,8 +21,15 @@ The manifest is content-addressed: its sha256 is the version's identity, the reg
 every reader checks it, and each manifest names its parent's, so a version pins its whole chain.
 
 The folder is DVC-tracked and pushed to the remote; ``DatasetVersion`` is the typed handle the
-registry returns and the trainer, worker and settlement pass along. ``release`` hands a worker the
-delta files and the withdrawal files; the worker drops withdrawn ids before checking the root.
+registry returns and the trainer, worker and settlement pass along. ``release`` lists the delta
+files and the withdrawal files (a reader drops withdrawn ids before checking the root).
+
+Sealing. Publishing also writes ``records.parquet.sealed`` (and ``withdrawn.parquet.sealed``) into
+the folder, encrypted under the version's data key (``trust.sealing``); DVC tracks and pushes
+those, and ``.dvcignore`` keeps the plaintext out of DVC's cache and remote. Workers get only the
+sealed shards; the plaintext files here are the exchange's own local copy, which the readers in
+this module (and lineage, near-duplicates, the audit) use, and ``lineage.pull_version`` restores
+by unsealing.
 """
 
 from __future__ import annotations
@@ -138,7 +145,7 @@ class DatasetVersion:
 
 @dataclass(frozen=True)
 class Release:
-    """What a worker needs to rebuild a version: the deltas v1..vn and the withdrawal files, in order.
+    """The files that rebuild a version: the deltas v1..vn and the withdrawal files, in order.
 
     Records = the rows of ``data_files`` concatenated, minus every id listed in ``withdrawn_files``.
     """
@@ -407,16 +414,15 @@ def read_manifest(workspace_dir: Path, version: DatasetVersion) -> dict[str, Any
     return manifest
 
 
-def _checked(workspace_dir: Path, rel: str, digest: str, verify: bool) -> Path:
+def _checked(workspace_dir: Path, version: DatasetVersion, rel: str, digest: str, verify: bool) -> Path:
     path = (workspace_dir / rel).resolve()
+    # DVC holds these files only sealed, so the way back is pull_version: it pulls and unseals them.
+    again = f"databright.datasets.lineage.pull_version(settings, db, {version.dataset!r}, {version.version})"
     if not path.is_file():
-        raise StorageError(
-            f"{path} is missing; restore it with databright.storage.dvc_versions.pull(workspace, "
-            f"{rel.rsplit('/', 1)[0]!r})"
-        )
+        raise StorageError(f"{path} is missing; restore it with {again}")
     if verify and digest_file(path) != digest:
         raise IntegrityError(
-            f"{path} does not match its registered digest {digest[:16]}…; pull it again from the DVC remote",
+            f"{path} does not match its registered digest {digest[:16]}…; restore it with {again}",
             file=str(path),
         )
     return path
@@ -425,19 +431,22 @@ def _checked(workspace_dir: Path, rel: str, digest: str, verify: bool) -> Path:
 def release_files(workspace_dir: Path, version: DatasetVersion, *, verify: bool = True) -> tuple[Path, ...]:
     """Absolute paths of the delta Parquet files of v1..vn, digests checked.
 
-    These are the records ever added; a version with withdrawals holds fewer. A worker needs
+    These are the records ever added; a version with withdrawals holds fewer. A reader needs
     ``release`` (deltas and withdrawal files) to rebuild the version.
     """
     return tuple(
-        _checked(workspace_dir, rel, digest, verify)
+        _checked(workspace_dir, version, rel, digest, verify)
         for rel, digest in zip(version.data_paths, version.data_digests, strict=True)
     )
 
 
 def release(workspace_dir: Path, version: DatasetVersion, *, verify: bool = True) -> Release:
-    """The files a worker needs for ``version``: deltas and withdrawal files, digests checked."""
+    """The exchange's local plaintext of ``version``: deltas and withdrawal files, digests checked.
+
+    Workers never get these: they get the sealed shards (``trust.sealing.version_shards``).
+    """
     withdrawn = tuple(
-        _checked(workspace_dir, rel, digest, verify)
+        _checked(workspace_dir, version, rel, digest, verify)
         for rel, digest in zip(version.withdrawn_paths, version.withdrawn_digests, strict=True)
     )
     return Release(version, release_files(workspace_dir, version, verify=verify), withdrawn)
@@ -478,6 +487,6 @@ def load_version_frame(workspace_dir: Path, version: DatasetVersion, *, verify: 
         if root != version.merkle_root:
             raise IntegrityError(
                 f"{version!r}: Merkle root of the files is {root[:16]}…, the registry says "
-                f"{version.merkle_root[:16]}…; pull the version again from the DVC remote"
+                f"{version.merkle_root[:16]}…; pull the version again (lineage.pull_version)"
             )
     return frame

@@ -4,6 +4,8 @@ Entering the pool starts one ``WorkerProcess`` per registered provider. Each wor
 Ed25519 session key inside its process; the exchange's verifier issues a fresh nonce; the worker's
 attester binds the enclave task's measurement, the session key and the nonce into evidence; the
 verifier appraises it against the attestation policy; only then is the provider's offer opened.
+The worker then publishes its X25519 key-exchange key signed by the attested session key
+(``PoolMember.kex_envelope``): the key service wraps a job's data keys to it (``KeyService.release``).
 Leaving the pool stops the workers and withdraws their offers, so no offer outlives its session.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from databright.config import Settings
 from databright.crypto import PublicKey
@@ -28,6 +31,7 @@ class PoolMember:
     provider: Provider
     offer: Offer
     attestation: AttestationResult
+    kex_envelope: dict[str, Any]  # the session's X25519 key, signed by its attested session key
 
 
 class LocalPool:
@@ -80,6 +84,7 @@ class LocalPool:
                 task=self.task,
                 provider_id=provider.provider_id,
             )
+            kex = worker.publish_kex(result.result_id)  # before the offer opens: no offer without a key
             offer = open_offer(
                 self.db,
                 Offer(
@@ -93,7 +98,7 @@ class LocalPool:
                     status="open",
                 ),
             )
-            self.members[provider.provider_id] = PoolMember(provider, offer, result)
+            self.members[provider.provider_id] = PoolMember(provider, offer, result, kex)
 
     @property
     def offers(self) -> list[Offer]:

@@ -3,6 +3,9 @@
 ``run_job`` trusts nothing it is handed except its own session key and the measurement its worker
 took of the task folder:
 
+0. (a sealed job, in the worker) ``open_job_data`` unwraps the data keys released to the session's
+   X25519 key, decrypts the version's sealed shards into the session's private folder and checks
+   each against the registry's digest; a tampered shard refuses the job here, before any training;
 1. it loads the dataset version's Parquet files in order, drops the ids the version withdrew
    (``spec.withdrawn_files``; each must be in the data), and recomputes every remaining record id
    from the row's canonical bytes, then the Merkle root over the ids; a single altered cell, a
@@ -19,6 +22,7 @@ took of the task folder:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,9 @@ from databright.errors import ConfigError, IntegrityError, SchemaMismatch, Train
 from databright.training.spec import JobOutcome, JobSpec
 from databright.training.tasks import TrainOutput, load_task
 from databright.trust.evidence import iso, utc
+from databright.trust.kex import KexKeyPair, KeyRelease
 from databright.trust.receipts import OwnerUsage, UsageReceipt, records_root, sign_receipt
+from databright.trust.sealing import open_shards
 from databright.valuation import KNNShapley, ValuationResult
 
 MODEL_FILE = "model.pt"
@@ -55,6 +61,37 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
             f"{what} {path} cannot be read as {suffix[1:]} ({exc}); re-export the file"
         ) from exc
     raise UnreadableFile(f"{what} {path} has suffix {suffix!r}; give a .csv or .parquet file")
+
+
+def open_job_data(spec: JobSpec, kex: KexKeyPair, private_dir: Path) -> JobSpec:
+    """The sealed ``spec`` as a plain one reading decrypted copies in ``private_dir`` (step 0)."""
+    if not spec.sealed or spec.key_release is None:
+        raise TrainingError(
+            f"job {spec.job_id} names plaintext data files; an attested worker reads only the sealed "
+            "shards of a version, with the data keys released to its session (JobSpec.shards, key_release)"
+        )
+    release = KeyRelease.from_dict(spec.key_release)
+    wanted = (spec.dataset, spec.dataset_version, spec.attestation_result_id, spec.task)
+    got = (release.dataset, release.version, release.result_id, release.task)
+    if got != wanted:
+        raise IntegrityError(
+            f"job {spec.job_id}: key release {release.release_id} is for {got[0]!r} v{got[1]}, result "
+            f"{got[2]}, task {got[3]!r}, but the job is {wanted[0]!r} v{wanted[1]}, result {wanted[2]}, task "
+            f"{wanted[3]!r}; ask the key service for a release for this job"
+        )
+    if release.assurance != spec.assurance:
+        raise IntegrityError(
+            f"job {spec.job_id}: the keys were released under {release.assurance!r} attestation, the job "
+            f"says {spec.assurance!r}; copy the assurance from the attestation result"
+        )
+    data, withdrawn = open_shards(spec.dataset, spec.shards, kex.unwrap_release(release), private_dir)
+    return dataclasses.replace(
+        spec,
+        data_files=tuple(str(p) for p in data),
+        withdrawn_files=tuple(str(p) for p in withdrawn),
+        shards=(),
+        key_release=None,
+    )
 
 
 def load_withdrawn(spec: JobSpec) -> set[str]:
@@ -212,7 +249,11 @@ def run_job(
     measurement: str,
     enclave_tasks_dir: Path,
 ) -> JobOutcome:
-    """Run ``spec`` and return its signed outcome (see the module docstring for the steps)."""
+    """Run a plain ``spec`` and return its signed outcome (see the module docstring for the steps)."""
+    if spec.sealed:
+        raise TrainingError(
+            f"job {spec.job_id} is sealed; open its shards with open_job_data inside the worker first"
+        )
     try:
         schema = Schema.from_dict(spec.schema)
     except ConfigError as exc:

@@ -1,16 +1,23 @@
 """Running one training job on the pool: quote it, release the data to the attested worker, archive
 what comes back. The ``train`` flow calls these steps as tasks; tests call them directly.
+
+Releasing the data means: the job spec names the version's *sealed* shards (``version_shards``)
+and carries the data keys of v1..vn wrapped to the X25519 key the worker's attested session
+published (``KeyService.release``). The key service refuses a session whose attestation result is
+unknown, not ``ok``, expired or no longer allowed by the policy (``AttestationError``, recorded in
+its release log); like any failure here, that refunds the job and leaves no receipt.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import tempfile
 import uuid
 from pathlib import Path
 
 from databright.config import Settings
 from databright.crypto import digest_file
-from databright.datasets import DatasetVersion, check_trainable, load_contract, release
+from databright.datasets import DatasetVersion, check_trainable, load_contract
 from databright.db import ExchangeDB
 from databright.errors import DatabrightError, IntegrityError, TrainingError
 from databright.market.allocation import Quote
@@ -20,6 +27,8 @@ from databright.provenance.record import record_training
 from databright.training.jobs import TrainingJob, complete_job, fail_job
 from databright.training.spec import JobSpec
 from databright.trust import find_task, load_task_config
+from databright.trust.keys import KeyService
+from databright.trust.sealing import version_shards
 
 
 def validation_digest(path: Path) -> str:
@@ -67,11 +76,23 @@ def execute_job(
     validation: Path,
     seed: int,
     overrides: dict[str, object] | None = None,
+    now: dt.datetime | None = None,
 ) -> TrainingJob:
-    """Run an escrowed job on the worker behind ``offer``; on any failure refund and re-raise."""
+    """Run an escrowed job on the worker behind ``offer``; on any failure refund and re-raise.
+
+    ``now`` is the moment the key service judges the worker's attestation at (default: the clock).
+    """
     member = pool.member(offer)
-    files = release(settings.workspace_dir, version)
     try:
+        shards = version_shards(settings.workspace_dir, version)
+        keys = KeyService.from_settings(settings, db).release(
+            version.dataset,
+            version.version,
+            attestation_result=member.attestation.result_id,
+            kex_envelope=member.kex_envelope,
+            task=job.task,
+            now=now,
+        )
         with tempfile.TemporaryDirectory(prefix=f"{job.job_id}-") as out:
             spec = JobSpec(
                 job_id=job.job_id,
@@ -81,8 +102,9 @@ def execute_job(
                 task=job.task,
                 dataset=version.dataset,
                 dataset_version=version.version,
-                data_files=tuple(str(p) for p in files.data_files),
-                withdrawn_files=tuple(str(p) for p in files.withdrawn_files),
+                data_files=(),
+                shards=shards,
+                key_release=keys.to_dict(),
                 expected_merkle_root=version.merkle_root,
                 schema=load_contract(settings.contracts_dir, version.contract_kind).schema.to_dict(),
                 validation_file=str(validation.resolve()),

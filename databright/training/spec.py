@@ -1,8 +1,15 @@
 """What a worker is asked to do (``JobSpec``) and what it hands back (``JobOutcome``).
 
 A ``JobSpec`` crosses a process boundary into the worker, so it holds only plain, picklable
-values: strings, ints, tuples and JSON-like dicts. Paths are absolute strings, because the worker
-never resolves anything against the exchange's working directory or opens its database.
+values: strings, ints, tuples, JSON-like dicts and the frozen ``SealedShard`` records. Paths are
+absolute strings, because the worker never resolves anything against the exchange's working
+directory or opens its database.
+
+The data comes one of two ways. A job for an attested worker is *sealed*: ``shards`` lists the
+version's sealed files and ``key_release`` (``KeyRelease.to_dict()``) carries their data keys
+wrapped to the session; ``data_files`` and ``withdrawn_files`` are empty, and the worker fills them
+with its private decrypted copies (``runner.open_job_data``). A *plain* spec names Parquet files in
+``data_files`` directly; only ``run_job`` called in-process takes one — the worker refuses it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from databright.errors import TrainingError
+from databright.trust.sealing import SealedShard
 
 if TYPE_CHECKING:
     from databright.trust.receipts import UsageReceipt
@@ -59,6 +67,13 @@ class JobSpec:
     output_dir: str = ""
     # Parquet files of record ids the version withdrew (``datasets.release``); the runner drops them.
     withdrawn_files: tuple[str, ...] = ()
+    # A sealed job: the version's shards and the data keys released to the worker's session.
+    shards: tuple[SealedShard, ...] = ()
+    key_release: dict[str, Any] | None = None
+
+    @property
+    def sealed(self) -> bool:
+        return bool(self.shards)
 
     def __post_init__(self) -> None:
         for name in ("job_id", "period", "run_id", "provider_id", "task", "dataset", "attestation_result_id"):
@@ -68,19 +83,22 @@ class JobSpec:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TrainingError(f"job spec field {name} is {value!r}; it must be a non-negative integer")
         files = tuple(self.data_files) if isinstance(self.data_files, list | tuple) else None
-        if not files:
+        withdrawn = tuple(self.withdrawn_files) if isinstance(self.withdrawn_files, list | tuple) else None
+        shards = tuple(self.shards) if isinstance(self.shards, list | tuple) else None
+        if files is None or withdrawn is None or shards is None:
             raise TrainingError(
-                f"job spec data_files is {self.data_files!r}; "
-                "list the dataset version's Parquet files in order"
+                f"job spec data_files, withdrawn_files and shards must be lists (got {self.data_files!r}, "
+                f"{self.withdrawn_files!r}, {self.shards!r})"
+            )
+        if shards:
+            self._check_sealed(files, withdrawn, shards)
+        elif not files:
+            raise TrainingError(
+                f"job spec data_files is {self.data_files!r}; list the dataset version's Parquet files in "
+                "order, or pass its sealed shards and key release"
             )
         for index, path in enumerate(files):
             _absolute(f"data_files[{index}]", path)
-        withdrawn = tuple(self.withdrawn_files) if isinstance(self.withdrawn_files, list | tuple) else None
-        if withdrawn is None:
-            raise TrainingError(
-                f"job spec withdrawn_files is {self.withdrawn_files!r}; list the version's withdrawal "
-                "Parquet files (or none)"
-            )
         for index, path in enumerate(withdrawn):
             _absolute(f"withdrawn_files[{index}]", path)
         if not isinstance(self.expected_merkle_root, str) or not _HEX64.match(self.expected_merkle_root):
@@ -102,8 +120,29 @@ class JobSpec:
             )
         object.__setattr__(self, "data_files", files)
         object.__setattr__(self, "withdrawn_files", withdrawn)
+        object.__setattr__(self, "shards", shards)
         object.__setattr__(self, "schema", dict(self.schema))
         object.__setattr__(self, "config", dict(self.config))
+
+    def _check_sealed(
+        self, files: tuple[str, ...], withdrawn: tuple[str, ...], shards: tuple[Any, ...]
+    ) -> None:
+        if files or withdrawn:
+            raise TrainingError(
+                f"job spec {self.job_id} names both sealed shards and plaintext data files; a sealed job "
+                "leaves data_files and withdrawn_files empty — the worker fills them when it decrypts"
+            )
+        for index, shard in enumerate(shards):
+            if not isinstance(shard, SealedShard):
+                raise TrainingError(
+                    f"job spec shards[{index}] is a {type(shard).__name__}; pass sealing.version_shards(...)"
+                )
+            _absolute(f"shards[{index}].path", shard.path)
+        if not isinstance(self.key_release, dict):
+            raise TrainingError(
+                f"job spec {self.job_id} has sealed shards but key_release is {self.key_release!r}; pass "
+                "KeyService.release(...).to_dict(), the data keys released to the worker's session"
+            )
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,18 @@ key that signs receipts exists in exactly one process — the one whose code was
 
 * ``attest(task, nonce)`` — measures ``enclave_tasks/<task>`` itself, binds its session key and the
   verifier's nonce into the report data (``binding_report_data``) and asks its attester for evidence;
+* ``publish_kex(result_id)`` — after the verifier appraised the evidence (``result_id`` names its
+  result), makes the session's X25519 key pair (``KexKeyPair``; the private half never leaves the
+  child) and returns its public half signed by the session key, for ``KeyService.release``;
 * ``run(spec)`` — re-measures the task, refuses it if it changed since attestation (or was never
-  attested), runs ``run_job`` and signs the receipt, chaining it to the previous one of the
-  session (``sequence`` counts from 0; ``previous_receipt_digest`` is ``None`` for the first).
+  attested), decrypts the sealed shards with the data keys released to this session into a private
+  folder (``open_job_data``: digests checked before anything trains; a plain spec naming
+  plaintext files is refused), runs ``run_job`` on those copies, removes them, and signs the
+  receipt, chaining it to the previous one of the session (``sequence`` counts from 0;
+  ``previous_receipt_digest`` is ``None`` for the first).
 
-Workers never open the exchange database: they receive file paths and return signed receipts.
+Workers never open the exchange database: they receive sealed shards, wrapped data keys and file
+paths, and return signed receipts.
 Errors cross the pipe as text: a ``DatabrightError`` raised in the child is raised again in the
 parent as the same class, message and context, plus ``context['worker_traceback']``;
 any other failure, a child that dies, or one that does not answer in time becomes a
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -62,6 +70,7 @@ class _Session:
         self.attester = attester_factory(platform_key_path, endorsement)
         self.key = SigningKey.generate()
         self.attested: dict[str, str] = {}
+        self.kex: dict[str, Any] = {}  # attestation result id -> KexKeyPair
         self.sequence = 0
         self.previous_receipt_digest: str | None = None
 
@@ -90,8 +99,21 @@ class _Session:
         self.attested[task] = measurement
         return dict(evidence)
 
+    def publish_kex(self, result_id: str) -> dict[str, Any]:
+        from databright.trust.kex import KexKeyPair
+
+        if not isinstance(result_id, str) or not result_id:
+            raise TrainingError(f"result id {result_id!r} must name the attestation result of this session")
+        if not self.attested:
+            raise TrainingError(
+                "this session has not attested yet; attest a task and have the verifier appraise the "
+                "evidence before publishing a key-exchange key"
+            )
+        pair = self.kex.setdefault(result_id, KexKeyPair.generate())
+        return pair.publish(self.key, result_id)
+
     def run(self, spec: JobSpec) -> JobOutcome:
-        from databright.training.runner import run_job
+        from databright.training.runner import open_job_data, run_job
         from databright.trust.receipts import receipt_digest
 
         if not isinstance(spec, JobSpec):
@@ -113,14 +135,28 @@ class _Session:
                 f"task {spec.task!r} changed since it was attested (measurement {attested[:16]}… is now "
                 f"{measurement[:16]}…); attest it again and get a new attestation result"
             )
-        outcome = run_job(
-            spec,
-            self.key,
-            sequence=self.sequence,
-            previous_receipt_digest=self.previous_receipt_digest,
-            measurement=measurement,
-            enclave_tasks_dir=self.enclave_tasks_dir,
-        )
+        if not spec.sealed:
+            raise TrainingError(
+                f"job {spec.job_id} names plaintext data files; this worker reads only sealed shards with "
+                "the data keys released to its session — build the spec with shards and key_release"
+            )
+        kex = self.kex.get(spec.attestation_result_id)
+        if kex is None:
+            raise TrainingError(
+                f"job {spec.job_id} is under attestation result {spec.attestation_result_id}, for which this "
+                "session published no key-exchange key; call publish_kex(result_id) and ask for a release"
+            )
+        # Private to this process's user (mkdtemp makes it 0700) and gone when the job ends.
+        with tempfile.TemporaryDirectory(prefix="databright-shards-") as private:
+            opened = open_job_data(spec, kex, Path(private))
+            outcome = run_job(
+                opened,
+                self.key,
+                sequence=self.sequence,
+                previous_receipt_digest=self.previous_receipt_digest,
+                measurement=measurement,
+                enclave_tasks_dir=self.enclave_tasks_dir,
+            )
         # The chain only advances for receipts actually issued, so a failed job leaves no gap.
         self.sequence += 1
         self.previous_receipt_digest = receipt_digest(outcome.receipt_envelope)
@@ -170,10 +206,12 @@ def _child_main(
         try:
             if command == "attest":
                 result: Any = session.attest(*args)
+            elif command == "kex":
+                result = session.publish_kex(*args)
             elif command == "run":
                 result = session.run(*args)
             else:
-                raise TrainingError(f"unknown worker command {command!r}; use attest, run or stop")
+                raise TrainingError(f"unknown worker command {command!r}; use attest, kex, run or stop")
         except (Exception, SystemExit) as exc:
             # SystemExit too: task code calling sys.exit() is a failed job, not a reason to die.
             conn.send(_failure(exc))
@@ -320,8 +358,14 @@ class WorkerProcess:
         assert isinstance(result, dict)
         return result
 
+    def publish_kex(self, result_id: str) -> dict[str, Any]:
+        """The session's X25519 key, signed by its session key for attestation result ``result_id``."""
+        result = self._call("kex", (result_id,), self.call_timeout_s)
+        assert isinstance(result, dict)
+        return result
+
     def run(self, spec: JobSpec) -> JobOutcome:
-        """Run one job in the child; return its signed outcome."""
+        """Run one sealed job in the child; return its signed outcome."""
         result = self._call("run", (spec,), self.run_timeout_s)
         assert isinstance(result, JobOutcome)
         return result

@@ -54,9 +54,13 @@ from databright.trust.hardware import (
     load_archive,
     reverify,
 )
+from databright.trust.intake import Admission, IntakeReport, ReceiptIntake, Rejection
+from databright.trust.kex import KexKeyPair, KeyRelease
+from databright.trust.keys import DataKeys, KeyService
 from databright.trust.measurement import find_task, load_task_config, measure_task, task_manifest
 from databright.trust.policy import AttestationPolicy, HardwareIdentity, production_policy
 from databright.trust.receipts import (
+    ComputeClaim,
     OwnerUsage,
     UsageReceipt,
     parse_receipt,
@@ -116,14 +120,23 @@ __all__ = [
     "PLATFORM_ENDORSEMENT_TYPE",
     "SIM_QUOTE_TYPE",
     "USAGE_RECEIPT_TYPE",
+    "Admission",
     "AttestationPolicy",
     "AttestationResult",
     "Attester",
+    "ComputeClaim",
+    "DataKeys",
     "DcapVerifier",
     "HardwareArchive",
     "HardwareAttestationResult",
     "HardwareIdentity",
+    "IntakeReport",
+    "KexKeyPair",
+    "KeyRelease",
+    "KeyService",
     "OwnerUsage",
+    "ReceiptIntake",
+    "Rejection",
     "SimulatedAttester",
     "SimulatedPlatform",
     "SimulatedVendorRoot",

@@ -1,4 +1,4 @@
-"""Key release: a data key per dataset version, released only to attested worker sessions.
+"""Key release, the exchange side: a data key per dataset version, released only to attested sessions.
 
 Envelope encryption. The exchange holds one master key, 32 random bytes in ``<home>/keys/
 data-master.key`` (mode 0600, created on first use; a file readable by others is refused). Each
@@ -6,11 +6,12 @@ dataset version gets its own random 256-bit data key, which seals that version's
 (``sealing``). The data key is stored only wrapped: AES-256-GCM under the master key with AAD =
 canonical JSON of ``{dataset, version, purpose}``, in ``data_keys``; a wrapped key copied to another
 dataset or version does not open. The key id is a one-way name (``sealing.data_key_id``).
+``DataKeys`` is that table; ``seal_new_version`` is what ingest and withdrawal call to seal a
+version's shards before its registry commit. A key made for a version whose publication then
+failed is an orphan: the next publication of that version number replaces it with a fresh key
+(``DataKeys.fresh``), so it never decrypts the files of the version that does get registered.
 
-Release. A worker session holds an Ed25519 session key bound into its attestation evidence
-(``binding_report_data``); that binding is unchanged. After attesting, the session makes an X25519
-key pair (``KexKeyPair``) and publishes the public half in a DSSE envelope of its own type
-(``KEX_KEY_TYPE``) signed by the attested session key, naming the attestation result id.
+Release. A worker session publishes an X25519 key signed by its attested session key (``kex``).
 ``KeyService.release`` hands out keys only when all of these hold, else ``AttestationError``:
 
     RESULT_MISSING / RESULT_UNKNOWN / RESULT_TAMPERED   no result, or not the verifier's signed one
@@ -22,40 +23,43 @@ key pair (``KexKeyPair``) and publishes the public half in a DSSE envelope of it
     KEX_BINDING_MISMATCH / KEX_KEY_INVALID              it names another result, or is a weak point
 
 A version n reads the files of v1..vn, so a release carries the data keys of all of them, each
-wrapped to the session's X25519 key: a fresh ephemeral X25519 key, HKDF-SHA256 over the shared
-secret (salt = ephemeral ‖ recipient public keys, info = ``WRAP_CONTEXT`` + dataset, version and
-result id) and AES-256-GCM with every public field of the ``WrappedDataKey`` as AAD, so none can be
-relabelled (its ``assurance`` included). Only the session's private X25519 key unwraps it
-(``unwrap_data_key``). Every decision, a release or a refusal, is a row of ``key_releases``: who
-(provider, session key), which result, which keys, when, and the result's ``assurance`` — a release
-under a simulated result is recorded ``simulated``.
+wrapped to the session's X25519 key (``kex.wrap_to_session``). Every decision, a release or a
+refusal, is a row of ``key_releases``: who (provider, session key), which result, which keys, when,
+and the result's ``assurance`` — a release under a simulated result is recorded ``simulated``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import secrets
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from databright.crypto import PublicKey, SigningKey, canonical_json, open_envelope, sha256_hex, sign_envelope
+from databright.crypto import PublicKey, canonical_json, sha256_hex
 from databright.datasets.registry import Registry
 from databright.db import ExchangeDB
 from databright.errors import AttestationError, ConfigError, DatasetError, IntegrityError
 from databright.trust.evidence import iso, parse_iso, utc
+from databright.trust.kex import KexKeyPair as KexKeyPair  # the worker side, re-exported from here
+from databright.trust.kex import KeyRelease, open_kex_envelope, wrap_to_session
+from databright.trust.kex import kex_envelope as kex_envelope
+from databright.trust.kex import unwrap_data_key as unwrap_data_key
 from databright.trust.policy import AttestationPolicy
-from databright.trust.sealing import KEY_BYTES, DataKey, data_key_id
+from databright.trust.sealing import (
+    KEY_BYTES,
+    DataKey,
+    SealedVersion,
+    data_key_id,
+    keep_plaintext_out_of_dvc,
+    seal_version_files,
+)
 from databright.trust.verifier import AttestationResult, load_result, load_verifier_key
 
 if TYPE_CHECKING:
@@ -91,15 +95,9 @@ CREATE TABLE IF NOT EXISTS key_releases (
 """
 
 MASTER_KEY_FILE = "data-master.key"
-KEX_KEY_TYPE = "application/vnd.databright.kex-key.v1+json"
-WRAP_CONTEXT = b"databright/key-release/v1\x00"
 DATA_KEY_PURPOSE = "databright/data-key/v1"
 _MASTER_ID_CONTEXT = b"databright/master-key-id/v1\x00"
 _NONCE_BYTES = 12
-
-
-def _raw(public: X25519PublicKey) -> bytes:
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 # --- the master key ---------------------------------------------------------------------------
@@ -168,231 +166,117 @@ def data_key_aad(dataset: str, version: int) -> bytes:
     return canonical_json({"dataset": dataset, "version": version, "purpose": DATA_KEY_PURPOSE})
 
 
-# --- the session's key-exchange key -----------------------------------------------------------
+# --- data keys ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class KexKey:
-    """An X25519 public key that an attested session published, checked against its result."""
-
-    x25519_public_key: str  # hex
-    attestation_result_id: str
-    session_public_key: str  # Ed25519 hex, the one the result binds
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def _check_name(dataset: Any, version: Any) -> None:
+    if (
+        not isinstance(dataset, str)
+        or not dataset
+        or isinstance(version, bool)
+        or not isinstance(version, int)
+    ):
+        raise DatasetError(f"dataset {dataset!r} v{version!r}: expected a name and a version number ≥ 1")
 
 
-def kex_envelope(session_key: SigningKey, x25519_public_key: str, result_id: str) -> dict[str, Any]:
-    """The DSSE envelope in which a session publishes its X25519 key, signed by its session key."""
-    payload = {
-        "x25519_public_key": x25519_public_key,
-        "attestation_result_id": result_id,
-        "session_public_key": session_key.public_key.hex,
-    }
-    return sign_envelope(session_key, KEX_KEY_TYPE, canonical_json(payload))
+class DataKeys:
+    """The ``data_keys`` table: one data key per dataset version, stored wrapped by the master key."""
 
-
-def open_kex_envelope(envelope: Any, result: AttestationResult) -> KexKey:
-    """Check that ``envelope`` is signed by ``result``'s session key and names ``result``."""
-    if not isinstance(envelope, dict):
-        raise AttestationError(
-            "KEX_MALFORMED",
-            f"kex key is {type(envelope).__name__}, expected the DSSE envelope KexKeyPair.publish returns",
-        )
-    try:
-        payload = open_envelope(envelope, KEX_KEY_TYPE, result.session_key)
-    except IntegrityError as exc:
-        raise AttestationError(
-            "KEX_SIGNATURE_INVALID",
-            f"the X25519 key is not signed by session key {result.session_key.key_id} of attestation "
-            f"result {result.result_id} ({exc}); only the attested session may ask for data keys",
-            result_id=result.result_id,
-        ) from exc
-    try:
-        data = json.loads(payload)
-        kex = KexKey(data["x25519_public_key"], data["attestation_result_id"], data["session_public_key"])
-        bytes.fromhex(kex.x25519_public_key)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AttestationError(
-            "KEX_MALFORMED", f"kex payload lacks a hex x25519_public_key, result id or session key ({exc})"
-        ) from exc
-    if (kex.attestation_result_id, kex.session_public_key) != (result.result_id, result.session_public_key):
-        raise AttestationError(
-            "KEX_BINDING_MISMATCH",
-            f"the signed X25519 key names attestation result {kex.attestation_result_id!r}, not "
-            f"{result.result_id!r}; publish the key again for the current result",
-            result_id=result.result_id,
-        )
-    return kex
-
-
-# --- wrapping a data key to a session ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WrappedDataKey:
-    """One version's data key, encrypted so that only one session's X25519 key opens it."""
-
-    dataset: str
-    version: int
-    key_id: str
-    result_id: str
-    assurance: str
-    recipient_public_key: str  # X25519 hex
-    ephemeral_public_key: str  # X25519 hex
-    nonce: str  # hex
-    ciphertext: str  # hex: AES-GCM(data key) ‖ tag
-
-    def header(self) -> dict[str, Any]:
-        """The public fields, authenticated as AES-GCM AAD: none can be changed in transit."""
-        fields = self.to_dict()
-        del fields["nonce"], fields["ciphertext"]
-        return fields
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def __init__(self, db: ExchangeDB, keys_dir: Path) -> None:
+        self.db = db
+        self.master = MasterKey.load_or_create(keys_dir)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> WrappedDataKey:
-        try:
-            wrapped = cls(**dict(data))
-        except TypeError as exc:
-            raise IntegrityError(f"not a wrapped data key: {exc}") from exc
-        if not isinstance(wrapped.version, int) or not all(
-            isinstance(getattr(wrapped, f.name), str) for f in dataclasses.fields(cls) if f.name != "version"
-        ):
-            raise IntegrityError(f"wrapped data key has fields of the wrong type: {wrapped!r}")
-        return wrapped
+    def from_settings(cls, settings: Settings, db: ExchangeDB | None = None) -> DataKeys:
+        return cls(db or settings.exchange_db(), settings.keys_dir)
 
-
-def _kek(
-    shared: bytes, ephemeral: bytes, recipient: bytes, dataset: str, version: int, result_id: str
-) -> bytes:
-    info = WRAP_CONTEXT + canonical_json([dataset, version, result_id])
-    return HKDF(hashes.SHA256(), KEY_BYTES, ephemeral + recipient, info).derive(shared)
-
-
-def _public(text: str, code: str) -> X25519PublicKey:
-    try:
-        raw = bytes.fromhex(text)
-        return X25519PublicKey.from_public_bytes(raw)
-    except (ValueError, TypeError) as exc:
-        raise AttestationError(code, f"{text[:16]!r}… is not a 32-byte X25519 public key in hex") from exc
-
-
-def wrap_to_session(
-    data_key: DataKey, recipient_public_key: str, *, result_id: str, assurance: str
-) -> WrappedDataKey:
-    recipient = _public(recipient_public_key, "KEX_KEY_INVALID")
-    ephemeral = X25519PrivateKey.generate()
-    try:
-        shared = ephemeral.exchange(recipient)
-    except ValueError as exc:  # a low-order point would make the shared secret public
-        raise AttestationError(
-            "KEX_KEY_INVALID", f"X25519 key {recipient_public_key[:16]}… is a weak point; make a new key pair"
-        ) from exc
-    ephemeral_raw, recipient_raw = _raw(ephemeral.public_key()), _raw(recipient)
-    kek = _kek(shared, ephemeral_raw, recipient_raw, data_key.dataset, data_key.version, result_id)
-    nonce = os.urandom(_NONCE_BYTES)
-    unsealed = WrappedDataKey(
-        data_key.dataset,
-        data_key.version,
-        data_key.key_id,
-        result_id,
-        assurance,
-        recipient_raw.hex(),
-        ephemeral_raw.hex(),
-        nonce.hex(),
-        "",
-    )
-    ciphertext = AESGCM(kek).encrypt(nonce, data_key.key, canonical_json(unsealed.header()))
-    return dataclasses.replace(unsealed, ciphertext=ciphertext.hex())
-
-
-def unwrap_data_key(wrapped: WrappedDataKey, private: KexKeyPair | X25519PrivateKey) -> DataKey:
-    """The worker side: open ``wrapped`` with the session's private X25519 key."""
-    key = private.private_key if isinstance(private, KexKeyPair) else private
-    mine = _raw(key.public_key()).hex()
-    what = f"wrapped data key of {wrapped.dataset!r} v{wrapped.version}"
-    if wrapped.recipient_public_key != mine:
-        raise IntegrityError(
-            f"{what} was released to X25519 key {wrapped.recipient_public_key[:16]}…, not this session's "
-            f"{mine[:16]}…; ask the key service for a release to this session"
+    def find(self, dataset: str, version: int) -> DataKey | None:
+        """The data key of one version, unwrapped, or None when the version was never sealed."""
+        _check_name(dataset, version)
+        rows = self.db.query(
+            "SELECT key_id, master_key_id, wrapped_key FROM data_keys WHERE dataset = ? AND version = ?",
+            [dataset, version],
         )
-    try:
-        ephemeral = _public(wrapped.ephemeral_public_key, "KEX_KEY_INVALID")
-        shared = key.exchange(ephemeral)
-        kek = _kek(
-            shared,
-            bytes.fromhex(wrapped.ephemeral_public_key),
-            bytes.fromhex(mine),
-            wrapped.dataset,
-            wrapped.version,
-            wrapped.result_id,
+        if not rows:
+            return None
+        key_id, master_key_id, wrapped = rows[0]
+        if master_key_id != self.master.key_id:
+            raise ConfigError(
+                f"the data key of {dataset!r} v{version} was wrapped by master key {master_key_id}, but "
+                f"keys/{MASTER_KEY_FILE} is {self.master.key_id}; restore the original master key"
+            )
+        raw = self.master.unwrap(bytes(wrapped), data_key_aad(dataset, version))
+        if data_key_id(raw) != key_id:
+            raise IntegrityError(f"the data key of {dataset!r} v{version} does not match its id {key_id}")
+        return DataKey(dataset, version, key_id, raw)
+
+    def get(self, dataset: str, version: int) -> DataKey:
+        found = self.find(dataset, version)
+        if found is None:
+            raise DatasetError(
+                f"dataset {dataset!r} v{version} has no data key, so its files were never sealed; seal "
+                "the version (sealing.seal_version with KeyService.data_key(..., create=True)) first",
+                dataset=dataset,
+                version=version,
+            )
+        return found
+
+    def _insert(self, dataset: str, version: int, *, replace: bool) -> None:
+        key = secrets.token_bytes(KEY_BYTES)
+        row = [
+            dataset,
+            version,
+            data_key_id(key),
+            self.master.key_id,
+            self.master.wrap(key, data_key_aad(dataset, version)),
+        ]
+        with self.db.transaction() as con:
+            if replace:
+                con.execute("DELETE FROM data_keys WHERE dataset = ? AND version = ?", [dataset, version])
+            # Without ``replace`` a concurrent creator may win the insert; then its key is the one both use.
+            con.execute("INSERT INTO data_keys VALUES (?, ?, ?, ?, ?, now()) ON CONFLICT DO NOTHING", row)
+
+    def create(self, dataset: str, version: int) -> DataKey:
+        """The version's data key, made on first use; later calls return the same key."""
+        _check_name(dataset, version)
+        if self.find(dataset, version) is None:
+            self._insert(dataset, version, replace=False)
+        return self.get(dataset, version)
+
+    def fresh(self, dataset: str, version: int) -> DataKey:
+        """A new data key for a version about to be published (the caller holds ``version_lock``).
+
+        A row already there belongs to a publication of this version number that failed before its
+        registry commit; it is replaced, so nothing sealed by that attempt opens under the new key.
+        A registered version keeps its key: asking for a fresh one is refused.
+        """
+        _check_name(dataset, version)
+        registered = self.db.query(
+            "SELECT 1 FROM dataset_versions WHERE dataset = ? AND version = ?", [dataset, version]
         )
-        raw = AESGCM(kek).decrypt(
-            bytes.fromhex(wrapped.nonce), bytes.fromhex(wrapped.ciphertext), canonical_json(wrapped.header())
-        )
-    except (AttestationError, InvalidTag, ValueError) as exc:
-        raise IntegrityError(
-            f"{what} does not open: a field or the ciphertext was altered in transit; ask for it again",
-            dataset=wrapped.dataset,
-            version=wrapped.version,
-        ) from exc
-    if data_key_id(raw) != wrapped.key_id:
-        raise IntegrityError(f"{what} opened to a key that is not {wrapped.key_id}; ask for it again")
-    return DataKey(wrapped.dataset, wrapped.version, wrapped.key_id, raw)
+        if registered:
+            raise DatasetError(
+                f"{dataset!r} v{version} is registered, so its data key is fixed; read it with "
+                "DataKeys.get, or publish the next version number",
+                dataset=dataset,
+                version=version,
+            )
+        self._insert(dataset, version, replace=True)
+        return self.get(dataset, version)
 
 
-class KexKeyPair:
-    """Inside the worker session: an X25519 key pair whose private half never leaves the session."""
+def seal_new_version(
+    settings: Settings, db: ExchangeDB, dataset: str, version: int, files: Mapping[str, str]
+) -> SealedVersion:
+    """Seal the worker files of a version being published (workspace path -> sha256), fresh key.
 
-    def __init__(self, private_key: X25519PrivateKey) -> None:
-        self.private_key = private_key
-        self.public_key = _raw(private_key.public_key()).hex()
-
-    @classmethod
-    def generate(cls) -> KexKeyPair:
-        return cls(X25519PrivateKey.generate())
-
-    def publish(self, session_key: SigningKey, result_id: str) -> dict[str, Any]:
-        """The envelope to send with a key request: this key, signed by the attested session key."""
-        return kex_envelope(session_key, self.public_key, result_id)
-
-    def unwrap_release(self, release: KeyRelease) -> dict[int, DataKey]:
-        """Every data key of a release, by version number (what ``sealing.open_release`` takes)."""
-        return {w.version: unwrap_data_key(w, self) for w in release.keys}
-
-    def __repr__(self) -> str:
-        return f"KexKeyPair(public_key={self.public_key[:16]}…)"
-
-
-@dataclass(frozen=True)
-class KeyRelease:
-    """The data keys of ``dataset`` v1..``version``, wrapped to one attested session."""
-
-    release_id: str
-    dataset: str
-    version: int
-    task: str
-    result_id: str
-    provider_id: str
-    assurance: str
-    released_at: str  # ISO 8601, UTC
-    keys: tuple[WrappedDataKey, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "keys": [k.to_dict() for k in self.keys]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> KeyRelease:
-        fields = dict(data)
-        try:
-            keys = tuple(WrappedDataKey.from_dict(k) for k in fields.pop("keys"))
-            return cls(**fields, keys=keys)
-        except (KeyError, TypeError) as exc:
-            raise IntegrityError(f"not a key release: {exc}") from exc
+    Called by ingest and withdrawal after the version folder is written and before DVC and the
+    registry see it; the workspace's ``.dvcignore`` keeps the plaintext beside the sealed copies out
+    of DVC, so the DVC cache and remote hold the shards only as ciphertext.
+    """
+    keep_plaintext_out_of_dvc(settings.workspace_dir)
+    key = DataKeys.from_settings(settings, db).fresh(dataset, version)
+    return seal_version_files(settings.workspace_dir, files, key)
 
 
 @dataclass(frozen=True)
@@ -414,10 +298,10 @@ class ReleaseLogEntry:
     decided_at: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "key_ids": list(self.key_ids)}
+        return {**asdict(self), "key_ids": list(self.key_ids)}
 
 
-_LOG_COLUMNS = tuple(f.name for f in dataclasses.fields(ReleaseLogEntry))
+_LOG_COLUMNS = tuple(ReleaseLogEntry.__dataclass_fields__)
 
 
 # --- the key service --------------------------------------------------------------------------
@@ -430,7 +314,8 @@ class KeyService:
         self, db: ExchangeDB, keys_dir: Path, *, verifier_public_key: PublicKey, policy: AttestationPolicy
     ) -> None:
         self.db = db
-        self.master = MasterKey.load_or_create(keys_dir)
+        self.keys = DataKeys(db, keys_dir)
+        self.master = self.keys.master
         self.verifier_public_key = verifier_public_key
         self.policy = policy
 
@@ -446,48 +331,8 @@ class KeyService:
         )
 
     def data_key(self, dataset: str, version: int, *, create: bool = False) -> DataKey:
-        """The data key of one version, unwrapped; ``create`` makes it on first use (when sealing)."""
-        if (
-            not isinstance(dataset, str)
-            or not dataset
-            or isinstance(version, bool)
-            or not isinstance(version, int)
-        ):
-            raise DatasetError(f"dataset {dataset!r} v{version!r}: expected a name and a version number ≥ 1")
-        sql = "SELECT key_id, master_key_id, wrapped_key FROM data_keys WHERE dataset = ? AND version = ?"
-        rows = self.db.query(sql, [dataset, version])
-        if not rows and create:
-            key = secrets.token_bytes(KEY_BYTES)
-            with self.db.transaction() as con:
-                # A concurrent creator may win the insert; then its key is the one both use.
-                con.execute(
-                    "INSERT INTO data_keys VALUES (?, ?, ?, ?, ?, now()) ON CONFLICT DO NOTHING",
-                    [
-                        dataset,
-                        version,
-                        data_key_id(key),
-                        self.master.key_id,
-                        self.master.wrap(key, data_key_aad(dataset, version)),
-                    ],
-                )
-            rows = self.db.query(sql, [dataset, version])
-        if not rows:
-            raise DatasetError(
-                f"dataset {dataset!r} v{version} has no data key, so its files were never sealed; seal "
-                "the version (sealing.seal_version with KeyService.data_key(..., create=True)) first",
-                dataset=dataset,
-                version=version,
-            )
-        key_id, master_key_id, wrapped = rows[0]
-        if master_key_id != self.master.key_id:
-            raise ConfigError(
-                f"the data key of {dataset!r} v{version} was wrapped by master key {master_key_id}, but "
-                f"keys/{MASTER_KEY_FILE} is {self.master.key_id}; restore the original master key"
-            )
-        raw = self.master.unwrap(bytes(wrapped), data_key_aad(dataset, version))
-        if data_key_id(raw) != key_id:
-            raise IntegrityError(f"the data key of {dataset!r} v{version} does not match its id {key_id}")
-        return DataKey(dataset, version, key_id, raw)
+        """The data key of one version, unwrapped; ``create`` makes it on first use (idempotent)."""
+        return self.keys.create(dataset, version) if create else self.keys.get(dataset, version)
 
     def release(
         self,

@@ -21,20 +21,25 @@ final chunk verified, so no partly decrypted file is ever left behind.
 Version files. ``seal_version`` (or, before the version is registered, ``seal_version_files``)
 seals the files a worker needs from one version folder (its delta ``records.parquet`` and, when
 present, its ``withdrawn.parquet``) next to themselves as ``<name>.sealed``, under that version's
-data key and the AAD ``version_file_aad(dataset, version, path)``. A release of version n reads the
-files of v1..vn, so ``open_release`` takes the data keys of every version it reads
-(``KeyService.release`` hands them out together), decrypts each file into a private folder and
-checks it against the registry's digest before anything trains on it.
+data key and the AAD ``version_file_aad(dataset, version, path)``. The sealed copies are the
+shards: DVC tracks and pushes them, while ``keep_plaintext_out_of_dvc`` lists the plaintext beside
+them in the workspace's ``.dvcignore`` — the DVC cache and remote hold only ciphertext, and the
+exchange's own readers (contract, near-duplicates, lineage, audit) keep reading the local plaintext.
+A release of version n reads the shards of v1..vn (``version_shards``), so ``open_shards`` takes
+the data keys of every version it reads (``KeyService.release`` hands them out together), decrypts
+each shard into a private folder and checks it against the registry's digest before anything
+trains on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
 import struct
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -53,6 +58,8 @@ MIN_CHUNK_SIZE = 16
 # A reader allocates one chunk, so the header may not ask for more than this.
 MAX_CHUNK_SIZE = 64 << 20
 SEALED_SUFFIX = ".sealed"
+# The plaintext a version folder keeps beside its sealed shards, for the exchange's own readers.
+PLAINTEXT_IGNORE = ("/datasets/*/v*/records.parquet", "/datasets/*/v*/withdrawn.parquet")
 TAG_BYTES = 16
 KEY_BYTES = 32
 _HEADER = struct.Struct(">6sBI8s16s")
@@ -101,15 +108,7 @@ class SealedFile:
     plaintext_sha256: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "plaintext_bytes": self.plaintext_bytes,
-            "sealed_bytes": self.sealed_bytes,
-            "chunks": self.chunks,
-            "chunk_size": self.chunk_size,
-            "key_id": self.key_id,
-            "plaintext_sha256": self.plaintext_sha256,
-        }
+        return {**dataclasses.asdict(self), "path": str(self.path)}
 
 
 def _chunk_aad(header: bytes, aad_digest: bytes, last: bool) -> bytes:
@@ -327,11 +326,53 @@ def _file_version(dataset: str, rel: str) -> int:
     return int(match["version"])
 
 
+@dataclass(frozen=True)
+class SealedShard:
+    """One sealed file a worker reads. ``name`` is its workspace path (``datasets/<d>/v<n>/<file>``),
+    which its AAD names, so it opens only as that file; ``path`` is where this copy of it lies."""
+
+    name: str
+    path: str  # absolute path of the ``.sealed`` file
+    version: int  # the version whose data key sealed it
+    sha256: str  # of the plaintext, as the registry records it
+    withdrawn: bool = False  # a withdrawal file (record ids), not a delta
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def _version_files(version: DatasetVersion) -> list[tuple[str, str, int]]:
     """(path, digest, owning version) of every file a worker reads for ``version``, v1 first."""
     pairs = [*zip(version.data_paths, version.data_digests, strict=True)]
     pairs += zip(version.withdrawn_paths, version.withdrawn_digests, strict=True)
     return [(rel, digest, _file_version(version.dataset, rel)) for rel, digest in pairs]
+
+
+def version_shards(workspace_dir: Path, version: DatasetVersion) -> tuple[SealedShard, ...]:
+    """The sealed shards of ``version`` (deltas of v1..vn, then withdrawal files), each present."""
+    n_data = len(version.data_paths)
+    shards = []
+    for index, (rel, digest, owner) in enumerate(_version_files(version)):
+        sealed = (workspace_dir / (rel + SEALED_SUFFIX)).absolute()
+        if not sealed.is_file():
+            raise IntegrityError(
+                f"{sealed} is missing, so {version.dataset!r} v{version.version} cannot be released; pull "
+                f"the version (databright.datasets.lineage.pull_version) or seal v{owner} again",
+                file=str(sealed),
+            )
+        shards.append(SealedShard(rel, str(sealed), owner, digest, index >= n_data))
+    return tuple(shards)
+
+
+def keep_plaintext_out_of_dvc(workspace_dir: Path) -> None:
+    """Make DVC skip the plaintext beside each sealed shard: its cache and remote hold ciphertext only."""
+    path = workspace_dir / ".dvcignore"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    missing = [p for p in PLAINTEXT_IGNORE if p not in text.splitlines()]
+    if missing:
+        lead = "" if not text or text.endswith("\n") else "\n"
+        note = "# databright: dataset shards reach DVC only sealed (trust.sealing); plaintext stays local\n"
+        path.write_text(text + lead + note + "".join(f"{p}\n" for p in missing), encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -344,20 +385,11 @@ class SealedVersion:
     files: tuple[SealedFile, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "version": self.version,
-            "key_id": self.key_id,
-            "files": [f.to_dict() for f in self.files],
-        }
+        return {**dataclasses.asdict(self), "files": [f.to_dict() for f in self.files]}
 
 
 def seal_version_files(
-    workspace_dir: Path,
-    files: Mapping[str, str],
-    data_key: DataKey,
-    *,
-    remove_plaintext: bool = False,
+    workspace_dir: Path, files: Mapping[str, str], data_key: DataKey, *, remove_plaintext: bool = False
 ) -> SealedVersion:
     """Seal files of ``data_key``'s version folder (workspace path -> sha256) as ``<file>.sealed``.
 
@@ -413,38 +445,52 @@ def seal_version(
     return seal_version_files(workspace_dir, own, data_key, remove_plaintext=remove_plaintext)
 
 
-def open_release(
-    workspace_dir: Path, version: DatasetVersion, keys: Mapping[int, DataKey], out_dir: Path
-) -> Release:
-    """Decrypt every sealed file ``version`` reads into ``out_dir``, digests checked; the worker side.
+def open_shards(
+    dataset: str, shards: Sequence[SealedShard], keys: Mapping[int, DataKey], out_dir: Path
+) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """Decrypt ``shards`` into ``out_dir``, each checked against its digest; the worker side.
 
-    ``keys`` maps each version number 1..n to its data key (``unwrap_release`` returns exactly
-    that). A file that fails authentication or its registry digest raises ``IntegrityError``
-    naming it, before any of the data is used.
+    ``keys`` maps each version number to its data key (``KexKeyPair.unwrap_release`` returns
+    exactly that). A shard that fails authentication or its registry digest raises
+    ``IntegrityError`` naming it, before any of the data is used. Returns (deltas, withdrawal files).
     """
-    opened: list[Path] = []
-    for rel, digest, owner in _version_files(version):
-        key = keys.get(owner)
-        if key is None or (key.dataset, key.version) != (version.dataset, owner):
-            raise DatasetError(
-                f"no data key for {version.dataset!r} v{owner}, needed to read {rel}; ask the key "
-                f"service to release {version.dataset!r} v{version.version} to this session",
-                dataset=version.dataset,
-                version=owner,
+    data: list[Path] = []
+    withdrawn: list[Path] = []
+    for shard in shards:
+        if _file_version(dataset, shard.name) != shard.version:
+            raise IntegrityError(
+                f"shard {shard.name} is labelled v{shard.version}; a shard is opened under the key of the "
+                "version folder it is in — ask the exchange for the version's shard list again"
             )
-        sealed = workspace_dir / (rel + SEALED_SUFFIX)
+        key = keys.get(shard.version)
+        if key is None or (key.dataset, key.version) != (dataset, shard.version):
+            raise DatasetError(
+                f"no data key for {dataset!r} v{shard.version}, needed to read {shard.name}; ask the key "
+                "service to release the version to this session",
+                dataset=dataset,
+                version=shard.version,
+            )
+        sealed = Path(shard.path)
         if not sealed.is_file():
             raise IntegrityError(
                 f"{sealed} is missing; pull the version's sealed files from the remote", file=str(sealed)
             )
-        result = open_sealed_to(sealed, out_dir / rel, key.key, version_file_aad(version.dataset, owner, rel))
-        if result.plaintext_sha256 != digest:
+        aad = version_file_aad(dataset, shard.version, shard.name)
+        result = open_sealed_to(sealed, out_dir / shard.name, key.key, aad)
+        if result.plaintext_sha256 != shard.sha256:
             result.path.unlink(missing_ok=True)
             raise IntegrityError(
-                f"{sealed} decrypts to data with sha256 {result.plaintext_sha256[:16]}…, but the "
-                f"registry says {digest[:16]}…; it was sealed from altered data — seal the version again",
+                f"{sealed} decrypts to data with sha256 {result.plaintext_sha256[:16]}…, but the registry "
+                f"says {shard.sha256[:16]}…; it was sealed from altered data — seal the version again",
                 file=str(sealed),
             )
-        opened.append(result.path)
-    n_data = len(version.data_paths)
-    return Release(version, tuple(opened[:n_data]), tuple(opened[n_data:]))
+        (withdrawn if shard.withdrawn else data).append(result.path)
+    return tuple(data), tuple(withdrawn)
+
+
+def open_release(
+    workspace_dir: Path, version: DatasetVersion, keys: Mapping[int, DataKey], out_dir: Path
+) -> Release:
+    """Decrypt every sealed file ``version`` reads from the workspace into ``out_dir`` (``open_shards``)."""
+    data, withdrawn = open_shards(version.dataset, version_shards(workspace_dir, version), keys, out_dir)
+    return Release(version, data, withdrawn)

@@ -25,6 +25,7 @@ from databright.datasets import (
     register_file,
     release_files,
 )
+from databright.datasets.lineage import pull_version
 from databright.datasets.registry import NewVersion
 from databright.datasets.versions import MANIFEST_FILE, quarantine_table
 from databright.db import ExchangeDB
@@ -38,6 +39,8 @@ from databright.errors import (
     UnknownDataset,
 )
 from databright.storage import dvc_versions
+from databright.trust.keys import DataKeys
+from databright.trust.sealing import SEALED_SUFFIX, open_sealed, version_file_aad
 
 Rows = Callable[[int], list[str]]
 Writer = Callable[..., Path]
@@ -111,10 +114,17 @@ def test_two_contributors_dedup_credit_and_merkle(
 
     frame = load_version_frame(settings.workspace_dir, v2)
     assert len(frame) == 15 and frame["owner"].tolist() == ["alice"] * 10 + ["bob"] * 5
-    # The DVC remote holds the delta under its md5.
-    data = paths[1].read_bytes()
-    md5 = hashlib.md5(data).hexdigest()
-    assert (settings.dvc_remote_dir / "files" / "md5" / md5[:2] / md5[2:]).read_bytes() == data
+
+    # The DVC remote holds the delta only sealed: the shard under its md5, never the plaintext.
+    def remote_object(path: Path) -> Path:
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        return settings.dvc_remote_dir / "files" / "md5" / md5[:2] / md5[2:]
+
+    sealed = paths[1].with_name(paths[1].name + SEALED_SUFFIX)
+    assert not remote_object(paths[1]).exists()
+    key = DataKeys.from_settings(settings, file_db).get("credit", 2)
+    aad = version_file_aad("credit", 2, v2.data_paths[1])
+    assert open_sealed(remote_object(sealed), key.key, aad) == paths[1].read_bytes()
 
 
 def test_nothing_accepted_leaves_no_version(
@@ -221,7 +231,8 @@ def test_tampered_data_is_detected(
     pq.write_table(table.slice(0, 4), records)
     with pytest.raises(IntegrityError, match="does not match its registered digest"):
         load_version_frame(settings.workspace_dir, version)
-    dvc_versions.pull(settings.workspace_dir, version.folder)  # the remote copy is the truth
+    # The remote's sealed copy is the truth: pulling the version unseals it back into place.
+    assert pull_version(settings, file_db, "credit", 1).shards_opened == 1
     assert len(load_version_frame(settings.workspace_dir, version)) == 5
 
 

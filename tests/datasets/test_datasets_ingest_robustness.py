@@ -19,6 +19,8 @@ from databright.datasets import Registry, register_file
 from databright.datasets.ingest import check_dataset_name
 from databright.errors import NothingAccepted
 from databright.storage import dvc_versions
+from databright.trust.keys import DataKeys
+from databright.trust.sealing import SEALED_SUFFIX, open_sealed, version_file_aad
 
 HEADER = ",".join([*(f"f{i}" for i in range(8)), "label"])
 
@@ -97,7 +99,7 @@ def test_concurrent_registrations_into_one_dataset_serialise(settings, clean_row
     assert sorted(o.split(":")[1] for o in outcomes) == ["v1", "v2"]
 
 
-CRASH_STEPS = ("deduplicated", "version-written", "pushed", "committed")
+CRASH_STEPS = ("deduplicated", "version-written", "sealed", "pushed", "committed")
 
 
 @pytest.mark.parametrize("step", CRASH_STEPS)
@@ -128,6 +130,9 @@ def test_a_crash_at_any_step_leaves_no_version_or_a_complete_one(settings, clean
         assert latest is not None and latest.version == 1 and latest.record_count == 15
     else:
         assert latest is None  # nothing registered before the commit
+    keys = DataKeys.from_settings(settings, settings.exchange_db())
+    orphan = keys.find("d", 1)  # a data key row made for a v1 that never committed, if sealed
+    assert (orphan is not None) == (step in ("sealed", "pushed", "committed"))
     staging = settings.home / "staging"
     assert len(list(staging.iterdir())) == 1  # the killed child could not remove its staging folder
     # whatever the crash left on disk does not stop the next registration, and the result is whole
@@ -140,6 +145,13 @@ def test_a_crash_at_any_step_leaves_no_version_or_a_complete_one(settings, clean
     assert dvc_versions.dvc_file(settings.workspace_dir, again.version.folder).is_file()
     registry_ids = registry.version_record_ids("d", again.version.version)
     assert len(registry_ids) == again.version.record_count
+    # The new version's shard opens under its own key; an orphan key of a failed v1 was replaced.
+    key = keys.get("d", again.version.version)
+    assert step == "committed" or orphan is None or key.key != orphan.key
+    rel = again.version.data_paths[-1]
+    shard = settings.workspace_dir / (rel + SEALED_SUFFIX)
+    aad = version_file_aad("d", again.version.version, rel)
+    assert open_sealed(shard, key.key, aad) == (settings.workspace_dir / rel).read_bytes()
 
 
 _cell = st.one_of(

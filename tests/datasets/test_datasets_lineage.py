@@ -23,6 +23,8 @@ from databright.datasets.versions import MANIFEST_FILE, RECORDS_FILE
 from databright.db import ExchangeDB
 from databright.errors import IntegrityError, StorageError
 from databright.storage import dvc_versions
+from databright.trust.keys import DataKeys
+from databright.trust.sealing import SEALED_SUFFIX, seal_version_files
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +169,8 @@ def test_pull_restores_a_wiped_workspace_and_verifies_every_digest(
 def test_a_corrupted_remote_object_is_named(
     chain: list[DatasetVersion], settings: Settings, file_db: ExchangeDB
 ) -> None:
-    path = settings.workspace_dir / chain[1].data_paths[1]
+    # The remote holds v2's delta only as its sealed shard: corrupt that, and unsealing names it.
+    path = settings.workspace_dir / (chain[1].data_paths[1] + SEALED_SUFFIX)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
     remote_object = settings.dvc_remote_dir / "files" / "md5" / md5[:2] / md5[2:]
     data = bytearray(remote_object.read_bytes())
@@ -176,9 +179,30 @@ def test_a_corrupted_remote_object_is_named(
     remote_object.write_bytes(bytes(data))
     _wipe(settings.workspace_dir, dvc_files=False)
     with pytest.raises(
-        IntegrityError, match=r"credit/v2/records\.parquet: the sha256 is '[0-9a-f]{64}', expected"
+        IntegrityError, match=r"credit/v2/records\.parquet\.sealed: chunk 0 .* fails authentication"
     ):
         pull_version(settings, file_db, "credit", 2)
+    assert not (settings.workspace_dir / chain[1].data_paths[1]).exists()  # nothing half-restored
+
+
+def test_the_remote_holds_no_plaintext_and_pull_unseals_it(
+    chain: list[DatasetVersion], settings: Settings, file_db: ExchangeDB
+) -> None:
+    workspace = settings.workspace_dir
+    # Each version's own worker files: v1..v3's deltas and v3's withdrawal file.
+    plain = [workspace / v.data_paths[-1] for v in chain[:3]] + [workspace / chain[2].withdrawn_paths[0]]
+    remote = {p.name for p in settings.dvc_remote_dir.rglob("*") if p.is_file()}
+    for path in plain:
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        assert md5[2:] not in remote, f"{path} reached the DVC remote unsealed"
+        sealed_md5 = hashlib.md5(path.with_name(path.name + SEALED_SUFFIX).read_bytes()).hexdigest()
+        assert sealed_md5[2:] in remote
+    before = _folder_files(workspace)
+    _wipe(workspace, dvc_files=True)
+    report = pull_version(settings, file_db, "credit", 3)
+    # v1, v2: one delta each; v3: its empty delta and its withdrawal file.
+    assert report.shards_opened == 4 and report.to_dict()["shards_opened"] == 4
+    assert _folder_files(workspace) == {k: v for k, v in before.items() if not k.startswith("credit/v4/")}
 
 
 def test_pull_rederives_record_ids_from_the_rows(
@@ -195,6 +219,9 @@ def test_pull_rederives_record_ids_from_the_rows(
     for name in (RECORDS_FILE, MANIFEST_FILE):
         (folder / name).chmod(0o644)
     pq.write_table(edited, records)
+    # Sealed again under v1's own key, so the shard and the plaintext agree and only the ids differ.
+    key = DataKeys.from_settings(settings, file_db).get("credit", 1)
+    seal_version_files(workspace, {v1.data_paths[0]: digest_file(records)}, key)
     manifest = json.loads((folder / MANIFEST_FILE).read_bytes())
     manifest["files"][RECORDS_FILE] = digest_file(records)
     manifest_bytes = canonical_json(manifest)

@@ -36,7 +36,9 @@ from databright.errors import (
 )
 from databright.storage import dvc_versions
 from databright.training import JobSpec, run_job
+from databright.trust.keys import DataKeys
 from databright.trust.receipts import parse_receipt
+from databright.trust.sealing import SEALED_SUFFIX, open_sealed, version_file_aad
 
 HEADER = ",".join([*(f"f{i}" for i in range(8)), "label"])
 Rows = Callable[[int], list[str]]
@@ -205,10 +207,15 @@ def test_withdrawal_makes_a_new_version_and_keeps_the_old_ones(
     assert registry.get_version("credit", 2) == v2 and registry.version_record_ids("credit", 2) == ids2
     assert load_version_frame(settings.workspace_dir, v2)["record_id"].tolist() == ids2
     assert load_version_frame(settings.workspace_dir, v3)["record_id"].tolist() == kept
-    # The withdrawal file went to the DVC remote like any version file.
+    # The withdrawal file went to the DVC remote like any worker file: sealed, under v3's data key.
     withdrawn_file = settings.workspace_dir / v3.withdrawn_paths[0]
-    md5 = hashlib.md5(withdrawn_file.read_bytes()).hexdigest()
-    assert (settings.dvc_remote_dir / "files" / "md5" / md5[:2] / md5[2:]).is_file()
+    sealed = withdrawn_file.with_name(withdrawn_file.name + SEALED_SUFFIX)
+    for path, pushed in ((sealed, True), (withdrawn_file, False)):
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        assert (settings.dvc_remote_dir / "files" / "md5" / md5[:2] / md5[2:]).is_file() is pushed
+    key = DataKeys.from_settings(settings, file_db).get("credit", 3)
+    aad = version_file_aad("credit", 3, v3.withdrawn_paths[0])
+    assert open_sealed(sealed, key.key, aad) == withdrawn_file.read_bytes()
 
     # New jobs may not use a version that still holds withdrawn records.
     with pytest.raises(

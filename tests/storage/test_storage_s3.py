@@ -162,11 +162,13 @@ def test_versions_round_trip_through_dvc_s3(s3_settings: Settings, s3_endpoint: 
         for item in client.list_objects_v2(Bucket=settings.s3_bucket, Prefix="exchange/test/dvc/")["Contents"]
     }
     files = sorted(p for p in (workspace / "datasets" / "credit").glob("v*/*") if p.is_file())
-    assert len(files) == 4 + 4 + 3
+    assert len(files) == 4 + 4 + 3 + 4  # and the sealed shards: v1..v3's deltas, v3's withdrawal file
     before = {}
     for path in files:
         md5 = hashlib.md5(path.read_bytes()).hexdigest()
-        assert f"exchange/test/dvc/files/md5/{md5[:2]}/{md5[2:]}" in keys, path
+        # Deltas and withdrawal files reach the bucket only sealed (trust.sealing); the rest as they are.
+        pushed = f"exchange/test/dvc/files/md5/{md5[:2]}/{md5[2:]}" in keys
+        assert pushed != (path.name in ("records.parquet", "withdrawn.parquet")), path
         before[path.relative_to(workspace)] = digest_file(path)
     assert not any(settings.store_dir.rglob("*")), "with S3 configured nothing goes to the local store"
     assert "databright-test-secret" not in (workspace / ".dvc" / "config").read_text()
@@ -177,6 +179,7 @@ def test_versions_round_trip_through_dvc_s3(s3_settings: Settings, s3_endpoint: 
     report = pull_version(settings, db, "credit", 3)
     assert report.remote == f"s3://{settings.s3_bucket}/exchange/test/dvc"
     assert (report.version, report.record_count, report.files_verified) == (3, 16, 11)
+    assert report.shards_opened == 4  # the sealed shards were unsealed back into place
     assert report.merkle_root == v3.merkle_root
     assert {p.relative_to(workspace): digest_file(p) for p in files} == before
     frame = load_version_frame(workspace, v3)

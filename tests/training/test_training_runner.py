@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from training_fixtures import ENCLAVE_TASKS, FEATURES, SCHEMA, JobData, write_version
+from training_fixtures import ENCLAVE_TASKS, FEATURES, SCHEMA, JobData, seal_job_data, write_version
 
 from databright.crypto import SigningKey, digest_file, open_envelope, sha256_hex
 from databright.errors import IntegrityError, SchemaMismatch, TrainingError
 from databright.training import JobSpec, run_job
+from databright.training.runner import open_job_data
 from databright.trust.evidence import USAGE_RECEIPT_TYPE
+from databright.trust.kex import KexKeyPair
 from databright.trust.receipts import parse_receipt, records_root
 from databright.valuation import KNNShapley
 
@@ -188,3 +190,62 @@ def test_job_spec_is_plain_and_picklable(job_data: JobData, tmp_path: Path) -> N
     assert spec.schema == SCHEMA.to_dict()
     assert sha256_hex(pickle.dumps(spec.data_files))  # tuple of str, not Paths
     assert all(isinstance(p, str) for p in spec.data_files)
+
+
+# --- sealed jobs -------------------------------------------------------------------------------
+
+
+def _sealed(job_data: JobData, tmp_path: Path) -> tuple[JobSpec, KexKeyPair]:
+    data = seal_job_data(job_data, tmp_path / "workspace")
+    session, kex = SigningKey.from_seed(b"session"), KexKeyPair.generate()
+    release = data.release(kex.publish(session, "ar-test"), session.public_key.hex)
+    return data.spec(job_data, tmp_path / "out", release), kex
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragment"),
+    [
+        ({"data_files": ("/abs/part.parquet",)}, "names both sealed shards and plaintext"),
+        ({"key_release": None}, "key_release is None"),
+        ({"shards": ({"name": "x"},)}, r"shards\[0\] is a dict"),
+    ],
+)
+def test_sealed_job_spec_validation(job_data: JobData, tmp_path: Path, changes, fragment: str) -> None:
+    spec, _ = _sealed(job_data, tmp_path)
+    assert spec.sealed and spec.data_files == ()
+    with pytest.raises(TrainingError, match=fragment):
+        replace(spec, **changes)
+    relative = replace(spec.shards[0], path="datasets/tabular/v1/records.parquet.sealed")
+    with pytest.raises(TrainingError, match=r"shards\[0\]\.path is the relative path"):
+        replace(spec, shards=(relative, spec.shards[1]))
+
+
+def test_a_sealed_job_trains_exactly_like_the_plaintext(job_data: JobData, tmp_path: Path) -> None:
+    spec, kex = _sealed(job_data, tmp_path)
+    with pytest.raises(TrainingError, match="is sealed; open its shards"):
+        run(spec)
+    opened = open_job_data(spec, kex, tmp_path / "private")
+    assert not opened.sealed and opened.key_release is None
+    assert [Path(f).read_bytes() for f in opened.data_files] == [f.read_bytes() for f in job_data.files]
+    sealed_run = run(replace(opened, output_dir=str(tmp_path / "a")))
+    plain_run = run(replace(job_data.spec(tmp_path / "b"), dataset="tabular", dataset_version=2))
+    for field in ("records_root", "model_digest", "work_units", "owners", "dataset_merkle_root"):
+        assert getattr(sealed_run.receipt, field) == getattr(plain_run.receipt, field), field
+    assert sealed_run.receipt.valuation["digest"] == plain_run.receipt.valuation["digest"]
+
+
+def test_open_job_data_refuses_plain_specs_and_mismatched_releases(job_data: JobData, tmp_path: Path) -> None:
+    spec, kex = _sealed(job_data, tmp_path)
+    with pytest.raises(TrainingError, match="names plaintext data files"):
+        open_job_data(job_data.spec(tmp_path / "out"), kex, tmp_path / "p0")
+    with pytest.raises(
+        IntegrityError, match="released under 'simulated' attestation, the job says 'hardware'"
+    ):
+        open_job_data(replace(spec, assurance="hardware"), kex, tmp_path / "p1")
+    with pytest.raises(IntegrityError, match=r"is for 'tabular' v2.*but the job is 'tabular' v3"):
+        open_job_data(replace(spec, dataset_version=3), kex, tmp_path / "p2")
+    with pytest.raises(IntegrityError, match="was released to X25519 key"):
+        open_job_data(spec, KexKeyPair.generate(), tmp_path / "p3")
+    with pytest.raises(IntegrityError, match="not a key release"):
+        open_job_data(replace(spec, key_release={"keys": []}), kex, tmp_path / "p4")
+    assert not list(tmp_path.glob("p*/**/*.parquet"))  # nothing decrypted was left behind

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
-from training_fixtures import ENCLAVE_TASKS, JobData
+from training_fixtures import ENCLAVE_TASKS, JobData, seal_job_data
 
 from databright.config import Settings
 from databright.crypto import PublicKey, digest_file
@@ -53,18 +53,20 @@ def test_attested_worker_round_trip(
         )
         assert result.measurement == measurement and result.assurance == "simulated"
 
-        spec = job_data.spec(
-            tmp_path / "job-1", attestation_result_id=result.result_id, assurance=result.assurance
+        # The data reaches the session only sealed, its keys wrapped to the session's X25519 key.
+        sealed = seal_job_data(job_data, tmp_path / "workspace")
+        release = sealed.release(
+            worker.publish_kex(result.result_id), session_key.hex, result_id=result.result_id
         )
-        first = worker.run(spec)
-        second = worker.run(
-            job_data.spec(
-                tmp_path / "job-2",
-                job_id="job-2",
-                attestation_result_id=result.result_id,
-                assurance=result.assurance,
-            )
-        )
+
+        def spec(out: str, **changes):
+            return sealed.spec(
+                job_data, tmp_path / out, release, attestation_result_id=result.result_id,
+                assurance=result.assurance, **changes,
+            )  # fmt: skip
+
+        first = worker.run(spec("job-1"))
+        second = worker.run(spec("job-2", job_id="job-2"))
 
     # Settlement's check: signed by the attested session, consistent with the result.
     receipt = verify_receipt(first.receipt_envelope, result)

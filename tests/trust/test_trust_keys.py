@@ -24,27 +24,25 @@ from databright.datasets.registry import NewVersion, Registry, insert_version_ro
 from databright.db import ExchangeDB
 from databright.errors import AttestationError, ConfigError, DatasetError, IntegrityError, UnknownDataset
 from databright.trust import ATTESTATION_RESULT_TYPE, SimulatedVerifier, production_policy, registry
-from databright.trust.keys import (
-    MASTER_KEY_FILE,
-    KexKeyPair,
-    KeyRelease,
-    KeyService,
-    MasterKey,
-    kex_envelope,
-    unwrap_data_key,
-)
+from databright.trust import keys as keys_module
+from databright.trust.kex import KexKeyPair, KeyRelease, kex_envelope, unwrap_data_key
+from databright.trust.keys import MASTER_KEY_FILE, DataKeys, KeyService, MasterKey, seal_new_version
 from databright.trust.sealing import (
     HEADER_BYTES,
+    PLAINTEXT_IGNORE,
     SEALED_SUFFIX,
     TAG_BYTES,
     DataKey,
     data_key_id,
+    keep_plaintext_out_of_dvc,
     open_release,
     open_sealed,
     open_sealed_to,
+    open_shards,
     seal_file,
     seal_version,
     seal_version_files,
+    version_shards,
 )
 
 DATASET = "credit"
@@ -502,3 +500,74 @@ def test_seal_version_files_is_all_or_nothing_and_can_drop_the_plaintext(service
     assert [f.path for f in sealed.files] == [ws / (rel + SEALED_SUFFIX) for rel in files]
     assert not (ws / records).exists() and not (ws / withdrawn).exists()
     assert sealed.to_dict()["key_id"] == key.key_id
+
+
+# --- keys for versions being published, and shards ---------------------------------------------
+
+
+def test_the_worker_side_names_are_still_importable_from_keys():
+    assert keys_module.KexKeyPair is KexKeyPair and keys_module.unwrap_data_key is unwrap_data_key
+
+
+def test_a_fresh_key_replaces_an_orphan_and_a_registered_version_keeps_its_key(service, memory_db, settings):
+    keys = DataKeys(memory_db, settings.keys_dir)
+    assert keys.find(DATASET, 4) is None
+    orphan = keys.fresh(DATASET, 4)  # a publication of v4 that then failed before its commit
+    assert keys.find(DATASET, 4) == orphan and keys.create(DATASET, 4) == orphan  # create is idempotent
+    replaced = keys.fresh(DATASET, 4)  # the next publication of v4
+    assert replaced.key != orphan.key and keys.get(DATASET, 4) == replaced
+    assert memory_db.query("SELECT count(*) FROM data_keys WHERE version = 4")[0][0] == 1
+    v1 = keys.get(DATASET, 1)
+    with pytest.raises(DatasetError, match="'credit' v1 is registered, so its data key is fixed"):
+        keys.fresh(DATASET, 1)
+    assert keys.get(DATASET, 1) == v1 == service.data_key(DATASET, 1, create=True)
+    for bad in (("", 1), (DATASET, True), (DATASET, "1")):
+        with pytest.raises(DatasetError, match="expected a name and a version number"):
+            keys.find(*bad)
+
+
+def test_seal_new_version_seals_under_a_fresh_key_and_keeps_plaintext_out_of_dvc(settings, memory_db):
+    ws = settings.workspace_dir
+    rel = f"datasets/{DATASET}/v1/records.parquet"
+    write_records(ws / rel, ["ab" * 32], "alice")
+    (ws / ".dvcignore").write_text("# DVC's own header\n*.tmp")  # no trailing newline
+    sealed = seal_new_version(settings, memory_db, DATASET, 1, {rel: digest_file(ws / rel)})
+    key = DataKeys(memory_db, settings.keys_dir).get(DATASET, 1)
+    assert sealed.key_id == key.key_id and [f.path for f in sealed.files] == [ws / (rel + SEALED_SUFFIX)]
+    lines = (ws / ".dvcignore").read_text().splitlines()
+    assert lines[:2] == ["# DVC's own header", "*.tmp"] and set(PLAINTEXT_IGNORE) <= set(lines)
+    keep_plaintext_out_of_dvc(ws)  # idempotent
+    assert (ws / ".dvcignore").read_text().splitlines() == lines
+
+
+def test_shards_name_their_files_and_open_only_as_themselves(service, settings, memory_db, tmp_path):
+    version = Registry(memory_db).get_version(DATASET, 3)
+    shards = version_shards(settings.workspace_dir, version)
+    assert [(s.name, s.version, s.withdrawn) for s in shards] == [
+        *((f"datasets/{DATASET}/v{v}/records.parquet", v, False) for v in (1, 2, 3)),
+        (f"datasets/{DATASET}/v3/withdrawn.parquet", 3, True),
+    ]
+    assert all(Path(s.path).is_absolute() and s.path.endswith(SEALED_SUFFIX) for s in shards)
+    assert [s.sha256 for s in shards] == [*version.data_digests, *version.withdrawn_digests]
+    keys = {v: service.data_key(DATASET, v) for v in (1, 2, 3)}
+    data, withdrawn = open_shards(DATASET, shards, keys, tmp_path / "a")
+    assert [p.read_bytes() for p in (*data, *withdrawn)] == [
+        (settings.workspace_dir / s.name).read_bytes() for s in shards
+    ]
+    # v2's shard relabelled as v1's file: its label, then its AAD, give it away.
+    relabelled = dataclasses.replace(shards[1], version=1)
+    with pytest.raises(IntegrityError, match="is labelled v1"):
+        open_shards(DATASET, [relabelled], keys, tmp_path / "b")
+    moved = dataclasses.replace(shards[1], name=shards[0].name, version=1)
+    with pytest.raises(IntegrityError, match="is sealed under data key"):
+        open_shards(DATASET, [moved], keys, tmp_path / "c")
+    # v3's withdrawal shard presented as v3's delta: the same key, but the AAD names another file.
+    swapped = dataclasses.replace(shards[3], name=shards[2].name, withdrawn=False)
+    with pytest.raises(IntegrityError, match=r"chunk 0 .* fails authentication"):
+        open_shards(DATASET, [swapped], keys, tmp_path / "d")
+    assert not [p for d in "bcd" for p in (tmp_path / d).rglob("*") if p.is_file()]  # none left decrypted
+    Path(shards[2].path).unlink()
+    with pytest.raises(
+        IntegrityError, match=r"v3/records\.parquet\.sealed is missing, so 'credit' v3 cannot be released"
+    ):
+        version_shards(settings.workspace_dir, version)
