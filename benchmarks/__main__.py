@@ -9,6 +9,10 @@ medians. Wall-clock numbers belong here, never in tests.
 * Record identity: canonical row hashing and the RFC 6962 Merkle root, rows per second.
 * Ingest (``benchmarks/ingest.py``, its own ``results/ingest.json``): ``register_file`` on a
   1M-row CSV against DuckDB's ``COPY ... TO parquet``, with peak RSS and per-stage timings.
+* Trust (``benchmarks/trust.py``, its own ``results/trust.json``): usage receipts verified per
+  second on one and two cores and through ``ReceiptIntake.admit_many``, attestation appraisal
+  latency (simulated, and the real SGX/TDX quotes beside ``dcap_qvl.verify``), key release and
+  sealed-file throughput.
 """
 
 from __future__ import annotations
@@ -123,9 +127,10 @@ def main() -> None:
         print(json.dumps(summary))
     print(f"wrote {out}")
 
-    from benchmarks import ingest
+    from benchmarks import ingest, trust
 
     ingest.main([])
+    trust.main([])
 
 
 if __name__ == "__main__":
