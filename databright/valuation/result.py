@@ -1,14 +1,23 @@
 """``ValuationResult``: the one object a valuation method hands back, end to end.
 
-It names the method, its parameters and seed, the digests of its inputs, and holds one value per
-training record in input order. Its ``digest`` binds all of that together with the exact float64
-bytes of the values, so a receipt that quotes the digest pins the numbers, not a rounding of them.
-Values become integers only in :mod:`databright.valuation.quantize`.
+It names the method, its parameters and seed, the digests of its inputs and the versions of the
+libraries that computed it, and holds one value per training record in input order. Its ``digest``
+binds all of that together with the exact float64 bytes of the values, so a receipt that quotes the
+digest pins the numbers, not a rounding of them. Values become integers only in
+:mod:`databright.valuation.quantize`.
+
+**Determinism.** Every method is deterministic for its inputs and seed: the same arrays, parameters
+and seed on the same library versions give bit-identical values and so the same digest (the tests
+check this across processes and, for the Dask fan-out, across machines' worth of workers). The
+versions are part of the digest because a new numpy or torch may round differently: a result
+pins the stack it was computed on. ``library_versions()`` records Python and numpy; a method that
+uses torch asks for ``library_versions("torch")``.
 """
 
 from __future__ import annotations
 
 import math
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,6 +32,25 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def library_versions(*extra: str) -> dict[str, str]:
+    """Versions of what a valuation's numbers depend on: Python and numpy, plus each of ``extra``
+    (distribution names such as ``"torch"``), read from the installed metadata without importing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"numpy": np.__version__, "python": platform.python_version()}
+    for name in extra:
+        if not isinstance(name, str) or not name:
+            raise ValuationError(f"library name {name!r} is not a distribution name such as 'torch'")
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError as exc:
+            raise ValuationError(
+                f"library {name!r} is not installed, so a result cannot say it used it; install it or "
+                "leave it out of library_versions(...)"
+            ) from exc
+    return dict(sorted(found.items()))
+
+
 @dataclass(frozen=True, eq=False)
 class ValuationResult:
     method: str
@@ -31,6 +59,8 @@ class ValuationResult:
     input_digests: dict[str, str]
     values: np.ndarray
     record_ids: tuple[str, ...] = field(default=())
+    # Empty means "this process's": filled with library_versions() when the result is made.
+    library_versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         values = np.array(self.values, dtype=np.float64, copy=True)
@@ -50,6 +80,14 @@ class ValuationResult:
         object.__setattr__(self, "record_ids", ids)
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "input_digests", dict(self.input_digests))
+        versions = dict(self.library_versions) if self.library_versions else library_versions()
+        for name, number in versions.items():
+            if not isinstance(name, str) or not isinstance(number, str) or not name or not number:
+                raise ValuationError(
+                    f"library_versions has {name!r}: {number!r}; map library names to version strings, "
+                    "e.g. library_versions('torch')"
+                )
+        object.__setattr__(self, "library_versions", dict(sorted(versions.items())))
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -64,14 +102,15 @@ class ValuationResult:
 
     @cached_property
     def digest(self) -> str:
-        """sha256 over the canonical JSON of method, parameters, seed, input digests, record ids
-        and the sha256 of the values' little-endian float64 bytes."""
+        """sha256 over the canonical JSON of method, parameters, seed, input digests, library
+        versions, record ids and the sha256 of the values' little-endian float64 bytes."""
         return digest_json(
             {
                 "method": self.method,
                 "params": self.params,
                 "seed": self.seed,
                 "input_digests": self.input_digests,
+                "library_versions": self.library_versions,
                 "record_ids": list(self.record_ids),
                 "values_sha256": sha256_hex(self.values.astype("<f8").tobytes()),
             }
@@ -119,6 +158,7 @@ class ValuationResult:
             "params": self.params,
             "seed": self.seed,
             "input_digests": self.input_digests,
+            "library_versions": self.library_versions,
             "records": len(self),
             "total": self.total(),
             "digest": self.digest,

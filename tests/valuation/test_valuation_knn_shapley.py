@@ -11,7 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from databright.errors import DatabrightError, ValuationError
-from databright.valuation import KNNShapley, ValuationResult, Valuator
+from databright.valuation.incremental import KnnIndex
+from databright.valuation.knn_shapley import KNNShapley
+from databright.valuation.protocol import Valuator
+from databright.valuation.result import ValuationResult
 
 
 def knn_utility(subset: tuple[int, ...], x_train, y_train, x_test, y_test, k: int) -> float:
@@ -113,20 +116,22 @@ def test_efficiency_axiom(seed: int, n: int, n_test: int, k: int, classes: int) 
     assert abs(math.fsum(values.tolist()) - (full - 0.0)) <= 1e-12
 
 
-def test_deterministic_and_independent_of_chunking(rng: np.random.Generator) -> None:
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    chunk=st.one_of(st.none(), st.integers(1, 20)),
+    jobs=st.integers(1, 4),
+)
+def test_bit_identical_whatever_the_chunking_and_threads(seed: int, chunk: int | None, jobs: int) -> None:
+    rng = np.random.default_rng(seed)
     x_train = rng.normal(size=(300, 4))
     x_train[::7] = x_train[0]  # exact duplicates: ties must break the same way every time
     y_train = rng.integers(0, 3, size=300)
     x_test = rng.normal(size=(53, 4))
     y_test = rng.integers(0, 3, size=53)
-    reference = KNNShapley(k=5, chunk_size=53).values(x_train, y_train, x_test, y_test)
-    for chunk in (1, 7, 16, None):
-        again = KNNShapley(k=5, chunk_size=chunk).values(x_train, y_train, x_test, y_test)
-        np.testing.assert_allclose(again, reference, rtol=0, atol=1e-15)
-    np.testing.assert_array_equal(
-        KNNShapley(k=5).values(x_train, y_train, x_test, y_test),
-        KNNShapley(k=5).values(x_train, y_train, x_test, y_test),
-    )
+    reference = KNNShapley(k=5, chunk_size=1, n_jobs=1).values(x_train, y_train, x_test, y_test)
+    again = KNNShapley(k=5, chunk_size=chunk, n_jobs=jobs).values(x_train, y_train, x_test, y_test)
+    np.testing.assert_array_equal(again, reference)
 
 
 def test_string_labels(rng: np.random.Generator) -> None:
@@ -190,9 +195,60 @@ def test_bad_k_is_refused(k) -> None:
         KNNShapley(k=k)
 
 
-def test_bad_chunk_size_is_refused() -> None:
-    with pytest.raises(ValuationError, match="chunk_size=0"):
-        KNNShapley(k=1, chunk_size=0)
+@pytest.mark.parametrize(("option", "value"), [("chunk_size", 0), ("n_jobs", 0), ("n_jobs", 1.5)])
+def test_bad_chunk_size_or_threads_are_refused(option: str, value) -> None:
+    with pytest.raises(ValuationError, match=f"{option}={value}"):
+        KNNShapley(k=1, **{option: value})
+
+
+def test_file_digests_may_not_shadow_array_digests() -> None:
+    with pytest.raises(ValuationError, match="'x_train'"):
+        KNNShapley(k=1).valuate(
+            np.zeros((2, 1)), np.zeros(2), np.zeros((1, 1)), np.zeros(1), input_digests={"x_train": "ab"}
+        )
+
+
+def textbook_values(x_train, y_train, x_test, y_test, k: int) -> np.ndarray:
+    """An independent reference: one stable argsort per test point, the recursion as a reverse
+    cumulative sum, values placed with put_along_axis and averaged (the module's first version)."""
+    n = x_train.shape[0]
+    ranks = np.arange(1, n + 1)
+    weight = np.minimum(k, ranks) / (k * ranks)
+    total = np.zeros(n)
+    for xv, yv in zip(x_test, y_test, strict=True):
+        dist = ((x_train - xv) ** 2).sum(axis=1)
+        order = np.argsort(dist, kind="stable")
+        match = (y_train[order] == yv).astype(float)
+        steps = np.append((match[:-1] - match[1:]) * weight[:-1], match[-1] * weight[-1])
+        by_point = np.empty(n)
+        by_point[order] = np.cumsum(steps[::-1])[::-1]
+        total += by_point
+    return total / len(x_test)
+
+
+def test_matches_the_textbook_computation_on_larger_data(rng: np.random.Generator) -> None:
+    x_train = rng.normal(size=(2000, 5))
+    x_train[1500:] = x_train[:500]  # exact duplicates in the upper half
+    y_train = rng.integers(0, 4, size=2000)
+    x_test = rng.normal(size=(40, 5))
+    y_test = rng.integers(0, 4, size=40)
+    expected = textbook_values(x_train, y_train, x_test, y_test, 5)
+    got = KNNShapley(k=5).values(x_train, y_train, x_test, y_test)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-15)
+
+
+def test_large_training_sets_take_the_grouped_distance_path(rng: np.random.Generator) -> None:
+    # Past 2**16 training points a step is one test point and distances are computed per block in a
+    # reused per-thread buffer; the values must not notice.
+    x_train = rng.integers(0, 40, size=(70_000, 2)).astype(float)  # many exact ties
+    y_train = rng.integers(0, 3, size=70_000)
+    x_test = rng.integers(0, 40, size=(35, 2)).astype(float)
+    y_test = rng.integers(0, 3, size=35)
+    one = KNNShapley(k=3, n_jobs=1).values(x_train, y_train, x_test, y_test)
+    np.testing.assert_array_equal(KNNShapley(k=3, n_jobs=2).values(x_train, y_train, x_test, y_test), one)
+    np.testing.assert_allclose(one, textbook_values(x_train, y_train, x_test, y_test, 3), rtol=0, atol=1e-15)
+    index = KnnIndex.build(x_train[:69_300], x_test).add(x_train[69_300:])
+    np.testing.assert_array_equal(KNNShapley(k=3).values(x_train, y_train, x_test, y_test, index=index), one)
 
 
 def test_record_ids_must_match_rows() -> None:
