@@ -44,8 +44,16 @@ test: lint
 repro: $(VENV)/.synced
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-bench: $(VENV)/.synced
+# pyDVL 0.10 (the valuation peer) needs numpy < 2, so it gets its own environment.
+PEERS := .venv-peers
+$(PEERS)/.synced: | $(UV)
+	$(UV) venv $(PEERS) --python $(PYTHON)
+	$(UV) pip install --python $(PEERS)/bin/python "pydvl==0.10.0" "numpy<2" scikit-learn
+	@touch $@
+
+bench: $(VENV)/.synced $(PEERS)/.synced
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.valuation
 
 clean:
-	rm -rf $(VENV) .tools .databright .databright-repro .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .tools .databright .databright-repro .pytest_cache .mypy_cache .ruff_cache

@@ -21,25 +21,16 @@ import json
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.timing import timed
+
 REPEATS = 5
 RESULTS = Path(__file__).parent / "results"
-
-
-def timed(fn: Callable[[], Any], repeats: int = REPEATS) -> tuple[list[float], Any]:
-    runs, out = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = fn()
-        runs.append(time.perf_counter() - started)
-    return runs, out
 
 
 def knn_shapley_loop(
@@ -66,7 +57,7 @@ def bench_knn_shapley(n_train: int, n_test: int, k: int = 5) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     x_train, x_test = rng.normal(size=(n_train, 8)), rng.normal(size=(n_test, 8))
     y_train, y_test = rng.integers(0, 2, n_train), rng.integers(0, 2, n_test)
-    ours_runs, ours = timed(lambda: KNNShapley(k=k).values(x_train, y_train, x_test, y_test))
+    ours_runs, ours = timed(lambda: KNNShapley(k=k).values(x_train, y_train, x_test, y_test), REPEATS)
     ref_runs, ref = timed(lambda: knn_shapley_loop(x_train, y_train, x_test, y_test, k), repeats=3)
     max_diff = float(np.max(np.abs(ours - ref)))
     if max_diff > 1e-12:
@@ -94,9 +85,9 @@ def bench_record_identity(rows: int) -> dict[str, Any]:
     )
     frame = pd.DataFrame(rng.normal(size=(rows, 8)).round(4), columns=[f"f{i}" for i in range(8)])
     frame["label"] = rng.integers(0, 2, rows)
-    hash_runs, ids = timed(lambda: record_ids(frame, schema))
+    hash_runs, ids = timed(lambda: record_ids(frame, schema), REPEATS)
     leaves = [bytes.fromhex(i) for i in ids]
-    merkle_runs, _ = timed(lambda: merkle_root_hex(leaves))
+    merkle_runs, _ = timed(lambda: merkle_root_hex(leaves), REPEATS)
     return {
         "case": f"record identity rows={rows}",
         "hash_s": hash_runs,
