@@ -367,22 +367,10 @@ class DcapVerifier:
         record = self.archive(evidence, result).to_dict()
         del record["evidence"]  # already stored under its digest
         self.store.put_bytes(archive_key(result, self.root_ca_der), canonical_json(record))
-        with self.db.transaction() as con:
-            registry.consume_nonce(con, nonce, now=moment)
-            registry.insert_result_row(
-                con,
-                result_id=result.result_id,
-                tee_type=result.tee_type,
-                assurance=result.assurance,
-                measurement=result.measurement,
-                session_public_key=result.session_public_key,
-                provider_id=provider_id,
-                status=result.status,
-                issued_at=moment,
-                expires_at=parse_iso(result.expires_at, field="expires_at"),
-                evidence_key=key,
-                envelope=envelope,
-            )
+        registry.admit_result(
+            self.db, nonce, result, provider_id=provider_id, issued_at=moment,
+            expires_at=parse_iso(result.expires_at, field="expires_at"), evidence_key=key, envelope=envelope,
+        )  # fmt: skip
         return result, envelope
 
 

@@ -20,6 +20,8 @@ from databright.trust.evidence import utc
 if TYPE_CHECKING:
     import duckdb
 
+    from databright.trust.verifier import AttestationResult
+
 DDL = """
 CREATE TABLE IF NOT EXISTS nonces (
     nonce       VARCHAR PRIMARY KEY,          -- hex
@@ -157,6 +159,36 @@ def insert_result_row(
             json.dumps(envelope, sort_keys=True),
         ],
     )
+
+
+def admit_result(
+    db: ExchangeDB,
+    nonce: bytes,
+    result: AttestationResult,
+    *,
+    provider_id: str,
+    issued_at: dt.datetime,
+    expires_at: dt.datetime,
+    evidence_key: str,
+    envelope: dict[str, Any],
+) -> None:
+    """Consume the nonce and store the signed result in one transaction: both happen, or neither."""
+    with db.transaction() as con:
+        consume_nonce(con, nonce, now=issued_at)
+        insert_result_row(
+            con,
+            result_id=result.result_id,
+            tee_type=result.tee_type,
+            assurance=result.assurance,
+            measurement=result.measurement,
+            session_public_key=result.session_public_key,
+            provider_id=provider_id,
+            status=result.status,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            evidence_key=evidence_key,
+            envelope=envelope,
+        )
 
 
 def fetch_result_row(db: ExchangeDB, result_id: str) -> dict[str, Any]:

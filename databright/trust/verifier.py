@@ -360,22 +360,10 @@ class SimulatedVerifier:
         # Content-addressed, so archiving before the transaction is safe to repeat if it rolls back.
         key = evidence_key(digest)
         self.store.put_bytes(key, canonical_json(evidence))
-        with self.db.transaction() as con:
-            registry.consume_nonce(con, nonce, now=moment)
-            registry.insert_result_row(
-                con,
-                result_id=result.result_id,
-                tee_type=result.tee_type,
-                assurance=result.assurance,
-                measurement=result.measurement,
-                session_public_key=result.session_public_key,
-                provider_id=provider_id,
-                status=result.status,
-                issued_at=moment,
-                expires_at=expires_at,
-                evidence_key=key,
-                envelope=envelope,
-            )
+        registry.admit_result(
+            self.db, nonce, result, provider_id=provider_id, issued_at=moment,
+            expires_at=expires_at, evidence_key=key, envelope=envelope,
+        )  # fmt: skip
         return result, envelope
 
 
