@@ -36,7 +36,7 @@ import numpy as np
 
 from databright.errors import ValuationError
 from databright.valuation.knn_shapley import BLOCK, KNNShapley
-from databright.valuation.protocol import build_result
+from databright.valuation.protocol import build_result, input_arrays
 from databright.valuation.result import ValuationResult
 
 
@@ -165,10 +165,5 @@ class DaskKNNShapley:
     ) -> ValuationResult:
         """``values`` in a ``ValuationResult``: the same digest as ``KNNShapley(k).valuate`` gives."""
         values = self.values(x_train, y_train, x_test, y_test)
-        arrays = {
-            "x_train": np.asarray(x_train, dtype=np.float64),
-            "y_train": np.asarray(y_train),
-            "x_test": np.asarray(x_test, dtype=np.float64),
-            "y_test": np.asarray(y_test),
-        }
+        arrays = input_arrays(x_train, y_train, x_test, y_test)
         return build_result(self, values, arrays=arrays, record_ids=record_ids, input_digests=input_digests)

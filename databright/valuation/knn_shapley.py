@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,8 +46,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from databright.errors import ValuationError
-from databright.valuation.protocol import array_digest as array_digest  # re-exported: its first home
-from databright.valuation.protocol import build_result
+from databright.valuation.protocol import (
+    array_digest as array_digest,  # re-exported: its first home
+)
+from databright.valuation.protocol import build_result, input_arrays
 from databright.valuation.result import ValuationResult
 
 if TYPE_CHECKING:
@@ -230,7 +233,7 @@ class _Neighbours:
         return neighbour_order(my.dist[start - my.lo : stop - my.lo])
 
 
-class _KNNShapleyBase:
+class _KNNShapleyBase(ABC):
     """Shared engine: inputs, neighbour order (computed or from an index), blocked reduction."""
 
     method = "knn-shapley"
@@ -249,16 +252,19 @@ class _KNNShapleyBase:
         # chunk_size and n_jobs change speed and memory, never the values: not part of the identity.
         return {"k": self.k, "distance": "sqeuclidean", "tie_break": "index", "task": self.task}
 
+    @abstractmethod
     def _labels(self, y_train: np.ndarray, y_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError  # checked and encoded labels: what _by_rank compares or sums
+        """Checked and encoded labels: what ``_by_rank`` compares or sums."""
 
+    @abstractmethod
     def _rank_weights(self, n: int) -> tuple[np.ndarray, ...]:
-        raise NotImplementedError  # per-rank constants of the recursion, computed once per call
+        """Per-rank constants of the recursion, computed once per call."""
 
+    @abstractmethod
     def _by_rank(
         self, order: np.ndarray, train: Any, test: Any, weights: tuple[np.ndarray, ...]
     ) -> np.ndarray:
-        raise NotImplementedError  # (rows, N): value of the training point at each rank, per test row
+        """(rows, N): the value of the training point at each rank, per test row."""
 
     def _inputs(
         self, x_train: Any, y_train: Any, x_test: Any, y_test: Any
@@ -335,12 +341,7 @@ class _KNNShapleyBase:
         a result computed through an ``index`` equals (digest and all) one computed from scratch.
         """
         values = self.values(x_train, y_train, x_test, y_test, index=index)
-        arrays = {
-            "x_train": np.asarray(x_train, dtype=np.float64),
-            "y_train": np.asarray(y_train),
-            "x_test": np.asarray(x_test, dtype=np.float64),
-            "y_test": np.asarray(y_test),
-        }
+        arrays = input_arrays(x_train, y_train, x_test, y_test)
         return build_result(self, values, arrays=arrays, record_ids=record_ids, input_digests=input_digests)
 
 

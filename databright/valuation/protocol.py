@@ -65,6 +65,16 @@ class Valuator(Protocol):
         ...
 
 
+def input_arrays(x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> dict[str, np.ndarray]:
+    """The four arrays a valuation reads, named and typed as every method digests them."""
+    return {
+        "x_train": np.asarray(x_train, dtype=np.float64),
+        "y_train": np.asarray(y_train),
+        "x_test": np.asarray(x_test, dtype=np.float64),
+        "y_test": np.asarray(y_test),
+    }
+
+
 def build_result(
     valuator: Valuator,
     values: np.ndarray,

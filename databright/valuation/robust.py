@@ -39,7 +39,7 @@ import numpy as np
 
 from databright.errors import ValuationError
 from databright.valuation.owners import RecordGroups
-from databright.valuation.protocol import build_result
+from databright.valuation.protocol import build_result, input_arrays
 from databright.valuation.result import ValuationResult
 
 
@@ -133,12 +133,7 @@ class ReplicationRobust:
         return build_result(
             self,
             values,
-            arrays={
-                "x_train": np.asarray(x_train, dtype=np.float64),
-                "y_train": np.asarray(y_train),
-                "x_test": np.asarray(x_test, dtype=np.float64),
-                "y_test": np.asarray(y_test),
-            },
+            arrays=input_arrays(x_train, y_train, x_test, y_test),
             record_ids=self.groups.record_ids,
             input_digests={"record_groups": self.groups.digest, **extra},
             seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
