@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from databright.crypto import PublicKey, digest_file, merkle_root_hex, sha256_hex
 from databright.errors import ConfigError, IntegrityError, SettlementError
 from databright.provenance import record as names
-from databright.provenance.chain import Chain, input_digest, subject_digest
+from databright.provenance.chain import At, Chain, input_digest, subject_digest
 from databright.provenance.report import AuditReport
 from databright.provenance.statements import STAGES, ProvenanceLog, StageStatement, stage_public_key
 
@@ -114,18 +114,22 @@ class _Walk(Chain):
         self.producers_of_inputs(s)
         return s, jobs
 
+    def _job_producer(self, settle: StageStatement, name: str, at: At, job_id: str) -> StageStatement | None:
+        """The statement producing job ``job_id``'s ``name``, once the settle statement consumed it."""
+        if settle.input(name) is None:
+            at.link(
+                name, "consumed by the settle statement", False, f"the settle statement omits job {job_id}"
+            )
+            return None
+        return self.producer(settle, name)
+
     # --- value ---------------------------------------------------------------------------------
     def value(self, settle: StageStatement, job_id: str) -> None:
         from databright.settlement.allocation import settled_job
         from databright.trust.receipts import parse_receipt
 
         name, at = names.owner_values_name(job_id), self.at("value")
-        if settle.input(name) is None:
-            at.link(
-                name, "consumed by the settle statement", False, f"the settle statement omits job {job_id}"
-            )
-            return
-        v = self.producer(settle, name)
+        v = self._job_producer(settle, name, at, job_id)
         if v is None:
             return
         with at.step(name, "re-derived from the stored receipt = the statement"):
@@ -171,12 +175,7 @@ class _Walk(Chain):
         from databright.trust.receipts import parse_receipt
 
         name, at = names.receipt_name(job_id), self.at("train")
-        if settle.input(name) is None:
-            at.link(
-                name, "consumed by the settle statement", False, f"the settle statement omits job {job_id}"
-            )
-            return
-        t = self.producer(settle, name)
+        t = self._job_producer(settle, name, at, job_id)
         if t is None:
             return
         with at.step(name, "the job's stored receipt, model and spec = the statement"):
