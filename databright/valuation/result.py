@@ -31,6 +31,8 @@ from databright.errors import ValuationError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from databright.valuation.stopping import Convergence
+
 
 def library_versions(*extra: str) -> dict[str, str]:
     """Versions of what a valuation's numbers depend on: Python and numpy, plus each of ``extra``
@@ -115,6 +117,36 @@ class ValuationResult:
                 "values_sha256": sha256_hex(self.values.astype("<f8").tobytes()),
             }
         )
+
+    @property
+    def stderr(self) -> np.ndarray | None:
+        """Per-record standard errors of a Monte Carlo estimate, NaN where a record has fewer than two
+        samples; ``None`` for an exact method. Read from ``params["stderr"]``, so the digest covers it."""
+        raw = self.params.get("stderr")
+        if raw is None:
+            return None
+        if not isinstance(raw, list) or len(raw) != len(self):
+            raise ValuationError(
+                f"params['stderr'] is a {type(raw).__name__}, not a list of {len(self)} entries; a Monte "
+                "Carlo result records one standard error (or null) per record"
+            )
+        return np.array([math.nan if s is None else float(s) for s in raw], dtype=np.float64)
+
+    @property
+    def convergence(self) -> Convergence | None:
+        """How a Monte Carlo run ended (status ``converged`` or ``budget``); ``None`` for exact methods."""
+        from databright.valuation.stopping import Convergence
+
+        raw = self.params.get("convergence")
+        if raw is None:
+            return None
+        try:
+            return Convergence(**raw)
+        except TypeError as exc:
+            raise ValuationError(
+                f"params['convergence'] is {raw!r}; it must be Convergence.to_dict() (status, stopped_by, "
+                "updates, evaluations)"
+            ) from exc
 
     def total(self) -> float:
         """Exactly rounded sum of all values (``math.fsum``, so order cannot change it)."""

@@ -35,12 +35,9 @@ def best_member(subset: tuple[int, ...]) -> float:
     return max((abs(WEIGHTS[i]) for i in subset), default=0.0)
 
 
-def stderr_of(result: ValuationResult) -> np.ndarray:
-    return np.array([np.nan if s is None else s for s in result.params["stderr"]])
-
-
 def assert_within_3_stderr(result: ValuationResult, exact: np.ndarray) -> None:
-    stderr = stderr_of(result)
+    stderr = result.stderr
+    assert stderr is not None
     assert np.isfinite(stderr).all() and (stderr > 0).all()
     z = np.abs(result.values - exact) / stderr
     assert z.max() <= 3.0, f"estimates off by {z.round(2)} standard errors"
@@ -81,7 +78,7 @@ def test_tmc_is_exact_with_zero_error_on_an_additive_utility() -> None:
         FunctionUtility(lambda s: float(sum(WEIGHTS[i] for i in s)), 8)
     )
     np.testing.assert_allclose(result.values, WEIGHTS, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(stderr_of(result), 0.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(result.stderr, 0.0, rtol=0, atol=1e-12)
 
 
 def test_exact_truncation_changes_no_value_and_saves_evaluations() -> None:
@@ -181,12 +178,26 @@ def test_a_run_that_stops_on_rank_stability_says_it_converged() -> None:
         "updates": 60,
         "evaluations": 60 * 7 + 2,
     }
+    # The same, typed, from the result itself.
+    assert result.convergence is not None and result.convergence.converged
+    assert result.convergence.updates == 60
 
 
 def test_msr_leaves_points_seen_on_one_side_only_at_zero_without_an_error() -> None:
     result = BanzhafMSR(stop=MaxUpdates(1)).valuate_utility(FunctionUtility(softplus_of_sum, 8))
     assert result.values.tolist() == [0.0] * 8
     assert result.params["stderr"] == [None] * 8
+    assert result.stderr is not None and np.isnan(result.stderr).all()
+
+
+def test_exact_methods_have_no_stderr_or_convergence() -> None:
+    from databright.valuation import KNNShapley
+
+    rng = np.random.default_rng(3)
+    result = KNNShapley(k=3).valuate(
+        rng.normal(size=(9, 2)), [0, 1] * 4 + [0], rng.normal(size=(4, 2)), [1, 0] * 2
+    )
+    assert result.stderr is None and result.convergence is None
 
 
 def test_the_valuator_protocol_builds_the_logistic_utility_from_the_data() -> None:
@@ -237,9 +248,7 @@ def test_msr_property_values_follow_affine_changes_of_the_utility(
         FunctionUtility(lambda s: scale * softplus_of_sum(s) + shift, 8)
     )
     np.testing.assert_allclose(moved.values, scale * base.values, rtol=0, atol=1e-10 * (1 + abs(shift)))
-    np.testing.assert_allclose(
-        stderr_of(moved), scale * stderr_of(base), rtol=1e-6, atol=1e-10 * (1 + abs(shift))
-    )
+    np.testing.assert_allclose(moved.stderr, scale * base.stderr, rtol=1e-6, atol=1e-10 * (1 + abs(shift)))
 
 
 @pytest.mark.parametrize(
