@@ -54,6 +54,7 @@ $(PEERS)/.synced: | $(UV)
 bench: $(VENV)/.synced $(PEERS)/.synced
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.valuation
+	$(BIN)/python -m benchmarks.inrun
 
 clean:
 	rm -rf $(VENV) $(PEERS) .tools .databright .databright-repro .pytest_cache .mypy_cache .ruff_cache

@@ -426,6 +426,21 @@ def train(
 
 @app.command()
 @reports_errors
+def value(period: Annotated[str | None, typer.Option(help="Period to value (YYYY-MM)")] = None) -> None:
+    """Value every completed job of the period in the attested value task (signed valuations)."""
+    settings = _settings(period)
+    _use_prefect(settings)
+    from flows.value import ValueConfig, value_flow
+
+    for valuation in value_flow(ValueConfig(period=settings.period)):
+        console.print(
+            f"{valuation.job_id}: {valuation.method} by {valuation.provider_id} under "
+            f"{valuation.attestation_result_id}, receipt {valuation.receipt_key}"
+        )
+
+
+@app.command()
+@reports_errors
 def settle(period: Annotated[str | None, typer.Option(help="Period to settle (YYYY-MM)")] = None) -> None:
     """Verify the period's receipts, split every payment and post it to the ledger."""
     settings = _settings(period)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from databright.settlement.policy import AllocationPolicy
     from databright.storage.dvc_versions import DvcRemote
     from databright.storage.objectstore import ObjectStore
-    from databright.trust import AttestationPolicy, UsageReceipt
+    from databright.trust import AttestationPolicy, UsageReceipt, ValuationReceipt
     from databright.trust.intake import ReceiptIntake
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -219,6 +219,14 @@ class Settings:
         store = self.object_store()
         verifier_public_key = load_verifier_key(self.keys_dir).public_key
         return lambda envelope: verify_usage_receipt(db, store, verifier_public_key, envelope)
+
+    def valuation_verifier(self, db: ExchangeDB) -> Callable[[dict], ValuationReceipt]:
+        """What the value step and settlement use to check a signed valuation, like ``receipt_verifier``."""
+        from databright.trust import load_verifier_key, verify_signed_valuation
+
+        store = self.object_store()
+        verifier_public_key = load_verifier_key(self.keys_dir).public_key
+        return lambda envelope: verify_signed_valuation(db, store, verifier_public_key, envelope)
 
     def receipt_intake(self, db: ExchangeDB) -> ReceiptIntake:
         """Where settlement admits a period's receipts: chains per session, each receipt stored once."""

@@ -31,6 +31,7 @@ _SCHEMA_MODULES = (
     "databright.provenance.statements",
     "databright.market.offers",
     "databright.training.jobs",
+    "databright.training.valuation_store",
     "databright.ledger.store",
     "databright.settlement.store",
 )

@@ -113,7 +113,8 @@ def render_earnings(
         " ".join(
             (
                 "Value is the exact KNN-Shapley value of each contributor's rows against the trainer's",
-                "validation set; negative values count as zero. Duplicates of rows already in the dataset",
+                "validation set, computed and signed by the attested value task (near-duplicates share",
+                "one value); negative values count as zero. Duplicates of rows already in the dataset",
                 "earn nothing: the first registrant keeps the credit.",
             )
         )

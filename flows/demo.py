@@ -24,6 +24,7 @@ from databright.training.jobs import TrainingJob
 from flows.ingest import IngestConfig, ingest_flow
 from flows.settle import SettleConfig, settle_flow
 from flows.train import TrainConfig, train_flow
+from flows.value import ValueConfig, value_flow
 
 DATASET = "tabular-demo"
 TRAINER = "acme-labs"
@@ -109,6 +110,12 @@ def run_demo(
             f"  [dim]pool:[/] {offer.provider_id} attested as {offer.attestation_result_id} "
             f"(session key {offer.session_public_key[:12]}…, assurance: {offer.assurance}), "
             f"{offer.price_per_unit} µDBX per work unit"
+        )
+
+    with stage("value the records in an attested value task") as outcome:
+        valuations = value_flow(ValueConfig(period=settings.period))
+        outcome.append(
+            ", ".join(f"{v.job_id} by {v.provider_id} ({v.method}), receipt signed" for v in valuations)
         )
 
     with stage(f"settle {settings.period}") as outcome:

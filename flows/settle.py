@@ -29,6 +29,7 @@ def settle(settings: Settings, config: SettleConfig) -> Settlement:
         period=config.period,
         policy=settings.allocation_policy(),
         verify=settings.receipt_verifier(db),
+        verify_valuation=settings.valuation_verifier(db),
         approver=config.approver,
         statements_dir=settings.statements_dir,
         provenance=ProvenanceLog.from_settings(settings, db),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from databright.config import Settings
 from databright.crypto import PublicKey
@@ -24,6 +24,9 @@ from databright.market.offers import Offer, Provider, open_offer, withdraw_offer
 from databright.training.spec import JobOutcome, JobSpec
 from databright.training.worker import WorkerProcess
 from databright.trust import AttestationResult, SimulatedVerifier, provision_platform
+
+if TYPE_CHECKING:
+    from databright.training.value_job import ValueOutcome, ValueSpec
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,10 @@ class LocalPool:
     def run(self, offer: Offer, spec: JobSpec) -> JobOutcome:
         """Run a job on the worker behind ``offer`` (the one whose session was attested)."""
         return self._workers[self.member(offer).provider.provider_id].run(spec)
+
+    def value(self, offer: Offer, spec: ValueSpec) -> ValueOutcome:
+        """Run a value job on the worker behind ``offer`` (a pool attested for a value task)."""
+        return self._workers[self.member(offer).provider.provider_id].value(spec)
 
     def close(self) -> None:
         for member in self.members.values():

@@ -5,11 +5,15 @@ A guide, in the order a period runs:
 1. ``ingest`` and ``withdraw`` — when a version commits, ``record_version`` signs the contributed
    file (or withdrawn ids), contract and parent manifest → manifest, Merkle root and version files.
 2. ``train`` — when a job completes, ``record_training`` signs the version, task measurement, job
-   spec, attestation result and validation file → receipt, model and valuation.
-3. ``value`` and ``settle`` — ``settle_period(..., provenance=ProvenanceLog.from_settings(settings))``
-   signs, per job, receipt and valuation → owner values, and for the period receipts, owner values
-   and policy → allocation root, inputs digest, transfers digest and holder statements.
-4. ``audit_verify(settings, period)`` checks every signature and walks from the posted transfers
+   spec, attestation result and validation file → receipt, model and (in-run) valuation.
+3. ``value`` — when the attested value task's signed valuation of a job is stored
+   (``training.value_service.value_job``), ``record_valuation`` signs the usage receipt, model,
+   validation file, value-task measurement, attestation result and Merkle root → valuation
+   receipt, values root and valuation result.
+4. ``settle`` — ``settle_period(..., provenance=ProvenanceLog.from_settings(settings))`` signs the
+   policy and, per job, the usage and valuation receipts → allocation root, inputs digest,
+   transfers digest, holder statements and the owner values each job's data share was paid on.
+5. ``audit_verify(settings, period)`` checks every signature and walks from the posted transfers
    back to the contributed files; ``AuditReport.first_broken`` names the first broken ``Link``.
 
 Statements are in-toto Statements in DSSE envelopes signed by the stage key ``keys/provenance.pem``
@@ -23,12 +27,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from databright.provenance.artifacts import transfers_digest
     from databright.provenance.audit import audit_period, audit_verify
     from databright.provenance.record import (
         record_settlement,
         record_training,
+        record_valuation,
         record_version,
-        transfers_digest,
         version_statement,
     )
     from databright.provenance.report import AuditReport, Link
@@ -56,8 +61,9 @@ _EXPORTS = {
     "audit_verify": "audit",
     "record_settlement": "record",
     "record_training": "record",
+    "record_valuation": "record",
     "record_version": "record",
-    "transfers_digest": "record",
+    "transfers_digest": "artifacts",
     "version_statement": "record",
     "PAYLOAD_TYPE": "statements",
     "PREDICATE_TYPE": "statements",
@@ -100,6 +106,7 @@ __all__ = [
     "open_statement",
     "record_settlement",
     "record_training",
+    "record_valuation",
     "record_version",
     "sign_statement",
     "stage_public_key",

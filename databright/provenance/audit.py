@@ -6,7 +6,9 @@ compared with its index row. Then the walk, each step one ``Link`` of the report
     settle   transfers digest = the ledger's posted transfers; allocation root = the settlements row
              = the allocations table; policy digest, inputs digest, assurance = the settlements row;
              its jobs = the period's completed jobs; every holder statement file re-hashed
-    value    owner values re-derived from the stored receipt; the allocation weights agree
+    value    (``audit_value``) the stored signed valuation re-hashed, its signature by the attested
+             value session and its binding to the job's usage receipt checked; its values table
+             re-derived; owner values re-derived = the settle statement's = the allocation weights
     train    stored receipt re-hashed and its signature by the attested session checked
              (``verify_usage_receipt``); model re-hashed; job spec re-hashed and matched to the
              receipt and the version; attestation result, task measurement, Merkle root = the receipt
@@ -15,10 +17,11 @@ compared with its index row. Then the walk, each step one ``Link`` of the report
              against the manifest; a trained version's Merkle root recomputed from its record ids;
              contributed file = the registry's submission; contract; parent; withdrawn ids
 
-Every input another stage produces (dataset manifests and roots, receipts, valuations, owner values)
-must be the subject of a verified statement of that stage with the same digest (``Chain.producer``),
-so a deleted or edited statement is a broken link, and a statement resting on a ``simulated`` one
-must say ``simulated`` itself. ``AuditReport.first_broken`` is the first failed link in walk order.
+Every input another stage produces (dataset manifests and roots, usage receipts and models,
+valuation receipts) must be the subject of a verified statement of that stage with the same digest
+(``Chain.producer``), so a deleted or edited statement is a broken link, and a statement resting on
+a ``simulated`` one must say ``simulated`` itself. ``AuditReport.first_broken`` is the first failed
+link in walk order.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from databright.crypto import PublicKey, digest_file, merkle_root_hex, sha256_hex
 from databright.errors import ConfigError, IntegrityError, SettlementError
-from databright.provenance import record as names
-from databright.provenance.chain import At, Chain, input_digest, subject_digest
+from databright.provenance import artifacts as names
+from databright.provenance.audit_value import ValueWalk
+from databright.provenance.chain import input_digest, subject_digest
 from databright.provenance.report import AuditReport
 from databright.provenance.statements import STAGES, ProvenanceLog, StageStatement, stage_public_key
 
@@ -41,7 +45,7 @@ if TYPE_CHECKING:
     from databright.trust.receipts import UsageReceipt
 
 
-class _Walk(Chain):
+class _Walk(ValueWalk):
     def __init__(
         self,
         log: ProvenanceLog,
@@ -52,11 +56,9 @@ class _Walk(Chain):
         stage_key: PublicKey,
         verifier_key: PublicKey | None,
     ) -> None:
-        super().__init__(log, stage_key)
-        self.period = period
+        super().__init__(log, stage_key, period=period, verifier_key=verifier_key)
         self.workspace_dir = workspace_dir
         self.statements_dir = statements_dir
-        self.verifier_key = verifier_key
         self.versions_done: set[tuple[str, int]] = set()
 
     # --- settle --------------------------------------------------------------------------------
@@ -113,61 +115,6 @@ class _Walk(Chain):
                     at.same(artifact.name, "re-hashed = the statement", digest_file(path), artifact.digest)
         self.producers_of_inputs(s)
         return s, jobs
-
-    def _job_producer(self, settle: StageStatement, name: str, at: At, job_id: str) -> StageStatement | None:
-        """The statement producing job ``job_id``'s ``name``, once the settle statement consumed it."""
-        if settle.input(name) is None:
-            at.link(
-                name, "consumed by the settle statement", False, f"the settle statement omits job {job_id}"
-            )
-            return None
-        return self.producer(settle, name)
-
-    # --- value ---------------------------------------------------------------------------------
-    def value(self, settle: StageStatement, job_id: str) -> None:
-        from databright.settlement.allocation import settled_job
-        from databright.trust.receipts import parse_receipt
-
-        name, at = names.owner_values_name(job_id), self.at("value")
-        v = self._job_producer(settle, name, at, job_id)
-        if v is None:
-            return
-        with at.step(name, "re-derived from the stored receipt = the statement"):
-            trainer, payment, receipt_key = self.db.query(
-                "SELECT trainer_id, payment, receipt_key FROM jobs WHERE job_id = ?", [job_id]
-            )[0]
-            envelope = names.load_envelope(self.store, receipt_key)
-            digest = names.envelope_digest(envelope)
-            receipt = parse_receipt(envelope)
-            facts = settled_job(
-                job_id=job_id,
-                trainer_id=trainer,
-                provider_id=receipt.provider_id,
-                payment=int(payment),
-                receipt=receipt,
-                receipt_digest=digest,
-            )
-            at.same(
-                names.receipt_name(job_id),
-                "stored receipt = the statement's input",
-                digest,
-                input_digest(v, names.receipt_name(job_id)),
-            )
-            at.same(
-                name,
-                "re-derived from the stored receipt = the statement",
-                names.owner_values_digest(facts),
-                subject_digest(v, name),
-            )
-            paid = self.db.query(
-                "SELECT holder, weight FROM allocations WHERE period = ? AND job_id = ? AND role = 'data' "
-                "AND basis = 'value'",
-                [self.period, job_id],
-            )
-            if paid:
-                weights = {f"contributor:{o.owner}": o.weight for o in facts.owners}
-                at.same(name, "= the data allocations' weights", {h: int(w) for h, w in paid}, weights)
-        self.producers_of_inputs(v)
 
     # --- train ---------------------------------------------------------------------------------
     def train(self, settle: StageStatement, job_id: str) -> None:

@@ -22,8 +22,8 @@ from databright.provenance.statements import IndexedStatement, ProvenanceLog, St
 PRODUCED_BY = {
     "dataset:": ("ingest", "withdraw"),
     "receipt:": ("train",),
-    "valuation:": ("train",),
-    "owner-values:": ("value",),
+    "model:": ("train",),
+    "valuation-receipt:": ("value",),
 }
 # What a damaged artifact can raise while it is read and compared: each becomes a broken link.
 FAILURES = (DatabrightError, OSError, ValueError, LookupError, TypeError)

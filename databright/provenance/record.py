@@ -1,23 +1,6 @@
 """What each stage binds, and the calls the stages make to record it.
 
-Artifact names (one scheme, shared with the audit)::
-
-    dataset:<name>@v<n>/manifest.json   the version's manifest (its sha256 is the version's identity)
-    dataset:<name>@v<n>#merkle-root     RFC 6962 root over the version's record ids
-    dataset:<name>@v<n>/<file>          records.parquet, contract_report.json, quarantine.parquet
-    contributed-file:<submission>       the file a contributor sent (registry ``file_digest``)
-    contract:<kind>                     the contract digest the rows were checked against
-    withdrawn-ids:<name>@v<n>           the withdrawal file (``withdrawn.parquet``) of a withdrawal
-    task:<task>                         the enclave task's measurement
-    job-spec:<job>                      the location-independent job spec, stored content-addressed
-    attestation-result:<id>             the verifier-signed result envelope
-    validation-file:<job>               the trainer's validation file
-    receipt:<job> / model:<job>         the signed usage receipt (settlement's receipt digest) / model
-    valuation:<job>                     the ``ValuationResult`` digest the receipt quotes
-    owner-values:<job>                  per-owner rows, visits, value and quantized weight of a job
-    allocation-policy:v<n>              the allocation policy digest
-    allocation-root:<period> / settlement-inputs:<period> / transfers:<period>
-    holder-statement:<period>/<file>    each holder statement file written for the period
+Artifact names and the digests the audit recomputes the same way are in ``artifacts``.
 
 Stages and what they bind (inputs → subjects):
 
@@ -26,132 +9,54 @@ Stages and what they bind (inputs → subjects):
   Both are derived from the registry row and the checked manifest right after the version commits,
   so ``record_version`` can be called again for a version whose recording was interrupted.
 * ``train`` (per job): manifest, Merkle root, task measurement, job spec, attestation result,
-  validation file → receipt, model, valuation. Assurance: the attestation result's.
-* ``value`` (per job, where settlement reads the valuation): receipt, valuation → owner values.
-* ``settle``: receipts, owner values, allocation policy → allocation root, settlement inputs,
-  transfers (sha256 over the canonical list of posted transfers), holder statements.
+  validation file → receipt, model, valuation (in-run contributions). Assurance: the attestation
+  result's.
+* ``value`` (per job, when the attested value task's signed valuation is stored): usage receipt,
+  model, validation file, value-task measurement, its attestation result, Merkle root → valuation
+  receipt, values, valuation result. Assurance: the valuation receipt's. Derived from the
+  ``valuations`` row and the stored envelope alone, so ``record_valuation`` can be called again.
+* ``settle``: allocation policy, and per job the usage receipt and the valuation receipt →
+  allocation root, settlement inputs, transfers (sha256 over the canonical list of posted
+  transfers), holder statements, and per job the owner values it paid the data share on.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from databright.config import current_period
-from databright.crypto import canonical_json, digest_file, digest_json, sha256_hex
+from databright.crypto import canonical_json, digest_file, sha256_hex
 from databright.errors import IntegrityError
+from databright.provenance.artifacts import (
+    attestation_result_digest,
+    envelope_digest,
+    job_spec_key,
+    job_spec_record,
+    load_envelope,
+    merkle_root_name,
+    model_name,
+    owner_values_digest,
+    owner_values_name,
+    receipt_name,
+    transfers_digest,
+    valuation_name,
+    valuation_receipt_name,
+    valuation_result_name,
+    values_name,
+    version_name,
+)
 from databright.provenance.statements import Artifact, ProvenanceLog, RecordedStatement, StageStatement
 
 if TYPE_CHECKING:
     from databright.config import Settings
-    from databright.datasets.versions import DatasetVersion
     from databright.db import ExchangeDB
     from databright.settlement.allocation import SettledJob
     from databright.settlement.result import Settlement
-    from databright.storage.objectstore import ObjectStore
     from databright.training.jobs import TrainingJob
     from databright.training.spec import JobSpec
-
-_TRANSFER_FIELDS = (
-    "transfer_id", "debit_account", "credit_account", "amount", "ledger", "code", "period", "settlement_id",
-    "job_id", "memo",
-)  # fmt: skip
-
-
-# --- names ----------------------------------------------------------------------------------------
-
-
-def version_name(dataset: str, version: int, part: str = "manifest.json") -> str:
-    return f"dataset:{dataset}@v{version}/{part}"
-
-
-def merkle_root_name(dataset: str, version: int) -> str:
-    return f"dataset:{dataset}@v{version}#merkle-root"
-
-
-def receipt_name(job_id: str) -> str:
-    return f"receipt:{job_id}"
-
-
-def model_name(job_id: str) -> str:
-    return f"model:{job_id}"
-
-
-def valuation_name(job_id: str) -> str:
-    return f"valuation:{job_id}"
-
-
-def owner_values_name(job_id: str) -> str:
-    return f"owner-values:{job_id}"
-
-
-# --- digests the audit recomputes the same way ---------------------------------------------------
-
-
-def envelope_digest(envelope: dict[str, Any]) -> str:
-    """A stored receipt's digest as settlement binds it (``SettledJob.receipt_digest``)."""
-    return digest_json(envelope)
-
-
-def owner_values_digest(job: SettledJob) -> str:
-    """The per-owner facts settlement weighs a job's data pool by, in owner order."""
-    return digest_json({"job_id": job.job_id, "owners": [dataclasses.asdict(o) for o in job.owners]})
-
-
-def transfers_digest(db: ExchangeDB, period: str) -> tuple[str, int]:
-    """sha256 over the canonical list of the period's posted settlement transfers, and their count."""
-    rows = db.query(
-        f"SELECT {', '.join(_TRANSFER_FIELDS)} FROM transfers WHERE settlement_id = ? ORDER BY transfer_id",
-        [f"settlement:{period}"],
-    )
-    listing = [dict(zip(_TRANSFER_FIELDS, row, strict=True)) for row in rows]  # amounts: exact Python ints
-    return digest_json(listing), len(listing)
-
-
-def attestation_result_digest(db: ExchangeDB, result_id: str) -> str:
-    """Digest of the verifier-signed result envelope the exchange stored for ``result_id``."""
-    from databright.trust.registry import fetch_result_row
-
-    return digest_json(fetch_result_row(db, result_id)["envelope"])
-
-
-def job_spec_record(spec: JobSpec, version: DatasetVersion, validation_digest: str) -> dict[str, Any]:
-    """The job spec without host paths: data by digest, so the audit can check it anywhere."""
-    return {
-        "job_id": spec.job_id,
-        "period": spec.period,
-        "run_id": spec.run_id,
-        "provider_id": spec.provider_id,
-        "task": spec.task,
-        "dataset": spec.dataset,
-        "dataset_version": spec.dataset_version,
-        "data_digests": list(version.data_digests),
-        "withdrawn_digests": list(version.withdrawn_digests),
-        "expected_merkle_root": spec.expected_merkle_root,
-        "schema": spec.schema,
-        "validation_digest": validation_digest,
-        "config": spec.config,
-        "seed": spec.seed,
-        "attestation_result_id": spec.attestation_result_id,
-        "assurance": spec.assurance,
-    }
-
-
-def job_spec_key(digest: str) -> str:
-    return f"provenance/job-specs/{digest}.json"
-
-
-def load_envelope(store: ObjectStore, key: str) -> dict[str, Any]:
-    try:
-        envelope = json.loads(store.get_bytes(key))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{key} is not a JSON envelope ({exc}); restore it from a backup") from exc
-    if not isinstance(envelope, dict):
-        raise IntegrityError(f"{key} holds a {type(envelope).__name__}, not a DSSE envelope object")
-    return envelope
+    from databright.training.valuation_store import SignedValuation
 
 
 # --- ingest and withdraw --------------------------------------------------------------------------
@@ -302,74 +207,150 @@ def record_training(
     )
 
 
-# --- value and settle -----------------------------------------------------------------------------
+# --- value ---------------------------------------------------------------------------------------
+
+
+def record_valuation(
+    settings: Settings,
+    db: ExchangeDB,
+    job: TrainingJob,
+    valuation: SignedValuation,
+    *,
+    log: ProvenanceLog | None = None,
+) -> RecordedStatement:
+    """Record the ``value`` statement of a stored, verified valuation: which usage receipt, model,
+    validation file, version and attested value task it rests on, and the signed receipt, values
+    table root and ``ValuationResult`` it produced (idempotent)."""
+    from databright.training.valuation_store import load_valuation_envelope
+    from databright.trust.valuation_receipts import parse_valuation_receipt
+
+    log = log or ProvenanceLog.from_settings(settings, db)
+    if valuation.job_id != job.job_id:
+        raise IntegrityError(
+            f"the valuation of job {valuation.job_id} was handed in for job {job.job_id}; pass the job's "
+            "own valuation (valuation_store.get_valuation(db, job.job_id))"
+        )
+    if not job.receipt_key:
+        raise IntegrityError(f"job {job.job_id} has no stored usage receipt, so its valuation binds nothing")
+    usage = envelope_digest(load_envelope(log.store, job.receipt_key))
+    envelope = load_valuation_envelope(log.store, valuation)
+    receipt = parse_valuation_receipt(envelope)
+    # The value task signed these; a row that disagrees with its own envelope was edited.
+    row = (valuation.usage_receipt_digest, valuation.valuation_digest, valuation.attestation_result_id)
+    signed = (receipt.usage_receipt_digest, receipt.valuation_digest, receipt.attestation_result_id)
+    if receipt.job_id != job.job_id or row != signed or usage != receipt.usage_receipt_digest:
+        raise IntegrityError(
+            f"the stored valuation of job {job.job_id} does not match its row or the job's usage receipt "
+            f"(receipt values job {receipt.job_id}, usage receipt {receipt.usage_receipt_digest[:16]}…, "
+            f"stored usage receipt {usage[:16]}…); value the job again before recording it"
+        )
+    return log.record(
+        StageStatement(
+            stage="value",
+            period=job.period,
+            subjects=(
+                Artifact(valuation_receipt_name(job.job_id), valuation.receipt_digest),
+                Artifact(values_name(job.job_id), receipt.values_root),
+                Artifact(valuation_result_name(job.job_id), receipt.valuation_digest),
+            ),
+            inputs=(
+                Artifact(receipt_name(job.job_id), receipt.usage_receipt_digest),
+                Artifact(model_name(job.job_id), receipt.model_digest),
+                Artifact(f"validation-file:{job.job_id}", receipt.validation_digest),
+                Artifact(f"task:{receipt.task}", receipt.measurement),
+                Artifact(
+                    f"attestation-result:{receipt.attestation_result_id}",
+                    attestation_result_digest(db, receipt.attestation_result_id),
+                ),
+                Artifact(
+                    merkle_root_name(receipt.dataset, receipt.dataset_version), receipt.dataset_merkle_root
+                ),
+            ),
+            parameters={
+                "job_id": job.job_id,
+                "provider_id": receipt.provider_id,
+                "task": receipt.task,
+                "method": receipt.method,
+                "params": dict(receipt.params),
+                "seed": receipt.seed,
+                "dataset": receipt.dataset,
+                "dataset_version": receipt.dataset_version,
+                "attestation_result_id": receipt.attestation_result_id,
+                "receipt_key": valuation.receipt_key,
+                "values_key": valuation.values_key,
+                "owners": len(receipt.owners),
+                "near_duplicate_groups": receipt.near_duplicate_groups,
+            },
+            assurance=receipt.assurance,
+        )
+    )
+
+
+# --- settle ---------------------------------------------------------------------------------------
+
+
+def _check_stored(log: ProvenanceLog, period: str, job: SettledJob) -> None:
+    """The stored usage and valuation receipts must still be the ones the settlement bound."""
+    from databright.training.valuation_store import get_valuation, load_valuation_envelope
+
+    keys = log.db.query("SELECT receipt_key FROM jobs WHERE job_id = ?", [job.job_id])
+    if not keys or not keys[0][0]:
+        raise IntegrityError(f"job {job.job_id} has no receipt_key, so its settlement cannot be bound")
+    found = envelope_digest(load_envelope(log.store, keys[0][0]))
+    valuation = get_valuation(log.db, job.job_id)
+    if valuation is None:
+        raise IntegrityError(
+            f"job {job.job_id} was settled on valuation receipt {job.valuation_receipt_digest[:16]}…, but "
+            "its valuations row is gone; restore the exchange database before recording provenance"
+        )
+    valued = envelope_digest(load_valuation_envelope(log.store, valuation))
+    for what, stored, settled in (
+        ("receipt", found, job.receipt_digest),
+        ("valuation receipt", valued, job.valuation_receipt_digest),
+    ):
+        if stored != settled:
+            raise IntegrityError(
+                f"the stored {what} of job {job.job_id} changed while period {period} was settled "
+                f"(digest {stored[:16]}…, settled {settled[:16]}…); investigate the object store before "
+                "settling again"
+            )
 
 
 def record_settlement(
     log: ProvenanceLog, settlement: Settlement, statement_paths: Sequence[Path]
-) -> tuple[RecordedStatement, ...]:
-    """Record one ``value`` statement per job and the period's ``settle`` statement (idempotent)."""
-    from databright.trust.receipts import parse_receipt
-
+) -> RecordedStatement:
+    """Record the period's ``settle`` statement (idempotent)."""
     period = settlement.period
-    recorded = []
     for job in settlement.jobs:
-        keys = log.db.query("SELECT receipt_key FROM jobs WHERE job_id = ?", [job.job_id])
-        if not keys or not keys[0][0]:
-            raise IntegrityError(f"job {job.job_id} has no receipt_key, so its valuation cannot be bound")
-        envelope = load_envelope(log.store, keys[0][0])
-        if envelope_digest(envelope) != job.receipt_digest:
-            raise IntegrityError(
-                f"the stored receipt of job {job.job_id} changed while period {period} was settled "
-                f"(digest {envelope_digest(envelope)[:16]}…, settled {job.receipt_digest[:16]}…); "
-                "investigate the object store before settling again"
-            )
-        valuation = parse_receipt(envelope).valuation.get("digest")
-        inputs = [Artifact(receipt_name(job.job_id), job.receipt_digest)]
-        if isinstance(valuation, str):
-            inputs.append(Artifact(valuation_name(job.job_id), valuation))
-        recorded.append(
-            log.record(
-                StageStatement(
-                    stage="value",
-                    period=period,
-                    subjects=(Artifact(owner_values_name(job.job_id), owner_values_digest(job)),),
-                    inputs=tuple(inputs),
-                    parameters={"job_id": job.job_id, "owners": len(job.owners)},
-                    assurance=job.assurance,
-                )
-            )
-        )
+        _check_stored(log, period, job)
     transfers, count = transfers_digest(log.db, period)
     subjects = [
         Artifact(f"allocation-root:{period}", settlement.allocation_root),
         Artifact(f"settlement-inputs:{period}", settlement.inputs_digest),
         Artifact(f"transfers:{period}", transfers),
         *(Artifact(f"holder-statement:{period}/{p.name}", digest_file(p)) for p in statement_paths),
+        *(Artifact(owner_values_name(job.job_id), owner_values_digest(job)) for job in settlement.jobs),
     ]
     inputs = [Artifact(f"allocation-policy:v{settlement.policy_version}", settlement.policy_digest)]
     for job in settlement.jobs:
         inputs += [
             Artifact(receipt_name(job.job_id), job.receipt_digest),
-            Artifact(owner_values_name(job.job_id), owner_values_digest(job)),
+            Artifact(valuation_receipt_name(job.job_id), job.valuation_receipt_digest),
         ]
-    recorded.append(
-        log.record(
-            StageStatement(
-                stage="settle",
-                period=period,
-                subjects=tuple(subjects),
-                inputs=tuple(inputs),
-                parameters={
-                    "settlement_id": settlement.settlement_id,
-                    "policy_version": settlement.policy_version,
-                    "approver": settlement.approver,
-                    "jobs": [job.job_id for job in settlement.jobs],
-                    "transfers": count,
-                    "total_paid": settlement.total_paid,
-                },
-                assurance=settlement.assurance,
-            )
+    return log.record(
+        StageStatement(
+            stage="settle",
+            period=period,
+            subjects=tuple(subjects),
+            inputs=tuple(inputs),
+            parameters={
+                "settlement_id": settlement.settlement_id,
+                "policy_version": settlement.policy_version,
+                "approver": settlement.approver,
+                "jobs": [job.job_id for job in settlement.jobs],
+                "transfers": count,
+                "total_paid": settlement.total_paid,
+            },
+            assurance=settlement.assurance,
         )
     )
-    return tuple(recorded)

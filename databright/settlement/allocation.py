@@ -2,7 +2,9 @@
 
 The payment splits by the policy into data, compute and fee parts (largest remainder over basis
 points). The data part is split among the dataset's owners in proportion to the quantized value of
-their records for this job, as signed in the usage receipt; if no owner has a positive value, it is
+their records for this job, as signed by the attested value task in the job's valuation receipt
+(the usage receipt says who was read and how often, not what it was worth); if no owner has a
+positive value, it is
 split by rows used instead, and the allocation's ``basis`` says which. The compute part goes to the
 provider whose attested worker ran the job; the fee to ``exchange_fee``.
 
@@ -32,8 +34,6 @@ class OwnerUsageLike(Protocol):
     def rows_used(self) -> int: ...
     @property
     def visits(self) -> int: ...
-    @property
-    def value(self) -> float: ...
 
 
 class ReceiptLike(Protocol):
@@ -59,6 +59,8 @@ class ReceiptLike(Protocol):
     def records_root(self) -> str: ...
     @property
     def work_units(self) -> int: ...
+    @property
+    def model_digest(self) -> str: ...
 
 
 # --- the facts a settlement keeps per job ---------------------------------------------------------
@@ -66,7 +68,7 @@ class ReceiptLike(Protocol):
 
 @dataclass(frozen=True)
 class OwnerLine:
-    """One owner's use in one job, as signed in the receipt, with the weight it earned."""
+    """One owner's use in one job (usage receipt), value (valuation receipt) and the weight it earned."""
 
     owner: str
     rows_used: int
@@ -89,6 +91,7 @@ class SettledJob:
     assurance: str
     attestation_result_id: str
     receipt_digest: str
+    valuation_receipt_digest: str
     owners: tuple[OwnerLine, ...]
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,9 +115,19 @@ class Allocation:
 
 
 def settled_job(
-    *, job_id: str, trainer_id: str, provider_id: str, payment: int, receipt: ReceiptLike, receipt_digest: str
+    *,
+    job_id: str,
+    trainer_id: str,
+    provider_id: str,
+    payment: int,
+    receipt: ReceiptLike,
+    receipt_digest: str,
+    values: Mapping[str, float],
+    valuation_receipt_digest: str,
 ) -> SettledJob:
-    """Bind a job row to its verified receipt, quantizing owner values to weights (once, here)."""
+    """Bind a job row to its verified usage receipt and its owners' signed ``values`` (from the
+    valuation receipt whose envelope digest is ``valuation_receipt_digest``), quantizing the values
+    to weights (once, here)."""
     owners = dict(receipt.owners)
     if not owners:
         raise SettlementError(
@@ -122,11 +135,17 @@ def settled_job(
             "share to; the receipt must list the owners whose rows were used",
             job_id=job_id,
         )
+    if sorted(values) != sorted(owners):
+        raise SettlementError(
+            f"job {job_id}: the valuation values owners {sorted(values)}, the usage receipt names "
+            f"{sorted(owners)}; value the job again so both describe the same records",
+            job_id=job_id,
+        )
     try:
-        weights = quantize_weights({owner: usage.value for owner, usage in owners.items()})
+        weights = quantize_weights(dict(values))
     except DatabrightError as exc:
         raise SettlementError(
-            f"job {job_id}: owner values in the receipt cannot be weighted: {exc}", job_id=job_id
+            f"job {job_id}: owner values in the valuation receipt cannot be weighted: {exc}", job_id=job_id
         ) from exc
     lines = []
     for owner in sorted(owners):
@@ -139,7 +158,7 @@ def settled_job(
                     f"job {job_id}: owner {owner!r} has {what} = {number!r}; expected an int >= 0",
                     job_id=job_id,
                 )
-        lines.append(OwnerLine(owner, usage.rows_used, usage.visits, float(usage.value), weights[owner]))
+        lines.append(OwnerLine(owner, usage.rows_used, usage.visits, float(values[owner]), weights[owner]))
     return SettledJob(
         job_id=job_id,
         trainer_id=trainer_id,
@@ -153,6 +172,7 @@ def settled_job(
         assurance=receipt.assurance,
         attestation_result_id=receipt.attestation_result_id,
         receipt_digest=receipt_digest,
+        valuation_receipt_digest=valuation_receipt_digest,
         owners=tuple(lines),
     )
 

@@ -1,7 +1,7 @@
 """``settle_period``: pay out one period's completed jobs, exactly once, or not at all.
 
     claim the period -> load completed jobs -> verify every receipt, through receipt intake when
-    given one (one failure rejects the period)
+    given one, and every job's signed valuation (one failure rejects the period)
     -> allocate each job's payment -> inputs digest + allocation root -> approve -> post every
     transfer in ONE transaction -> posted -> statements
 
@@ -44,9 +44,12 @@ from databright.settlement.policy import AllocationPolicy
 from databright.settlement.result import Settlement, check_period
 from databright.settlement.statements import write_statements
 from databright.storage.objectstore import ObjectStore
+from databright.training.valuation_store import get_valuation, load_valuation_envelope
 from databright.trust.intake import ReceiptIntake, Rejection
+from databright.trust.valuation_receipts import ValuationLike, check_binding
 
 Verify = Callable[[dict[str, Any]], ReceiptLike]
+VerifyValuation = Callable[[dict[str, Any]], ValuationLike]
 
 _LEGS = {
     "data": (DATA_POOL, TransferCode.SETTLE_DATA),
@@ -96,6 +99,19 @@ def _load_envelope(store: ObjectStore, job: JobRow) -> dict[str, Any]:
     return envelope
 
 
+def _load_valuation(db: ExchangeDB, store: ObjectStore, period: str, job: JobRow) -> dict[str, Any]:
+    found = get_valuation(db, job.job_id)
+    if found is None:
+        raise SettlementError(
+            "it has no signed valuation, and dividends are paid only on values signed by the attested "
+            f"value task; run the value flow for period {period} (`databright value {period}`) first"
+        )
+    try:
+        return load_valuation_envelope(store, found)
+    except (DatabrightError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SettlementError(f"its valuation receipt cannot be read: {exc}") from exc
+
+
 def _admitted_by(intake: ReceiptIntake, period: str, envelopes: Sequence[dict[str, Any]]) -> Verify:
     """A ``verify`` answering from one ``admit_many`` over the whole period.
 
@@ -116,13 +132,25 @@ def _admitted_by(intake: ReceiptIntake, period: str, envelopes: Sequence[dict[st
 
 
 def _check_job(
-    db: ExchangeDB, verify: Verify, period: str, job: JobRow, envelope: dict[str, Any]
+    db: ExchangeDB,
+    verify: Verify,
+    verify_valuation: VerifyValuation,
+    period: str,
+    job: JobRow,
+    envelope: dict[str, Any],
+    valuation_envelope: dict[str, Any],
 ) -> SettledJob:
-    """Verify one job's receipt and match it against the job row; raise SettlementError on any gap."""
+    """Verify one job's usage receipt and signed valuation and match them against the job row and
+    each other; raise SettlementError on any gap."""
     try:
         receipt = verify(envelope)
     except DatabrightError as exc:
         raise SettlementError(f"receipt rejected: {type(exc).__name__}: {exc}") from exc
+    try:
+        valuation = verify_valuation(valuation_envelope)
+        check_binding(valuation, receipt, digest_json(envelope))
+    except DatabrightError as exc:
+        raise SettlementError(f"valuation rejected: {type(exc).__name__}: {exc}") from exc
     mismatches = [
         f"{name} {got!r} != job's {want!r}"
         for name, got, want in (
@@ -161,6 +189,8 @@ def _check_job(
         payment=job.payment,
         receipt=receipt,
         receipt_digest=digest_json(envelope),
+        values={owner: part.value for owner, part in valuation.owners.items()},
+        valuation_receipt_digest=digest_json(valuation_envelope),
     )
 
 
@@ -168,6 +198,7 @@ def _verify_all(
     db: ExchangeDB,
     store: ObjectStore,
     verify: Verify,
+    verify_valuation: VerifyValuation,
     period: str,
     policy: AllocationPolicy,
     jobs: Sequence[JobRow],
@@ -178,18 +209,22 @@ def _verify_all(
     allocations: list[Allocation] = []
     failures: list[str] = []
     envelopes: dict[str, dict[str, Any]] = {}
+    valuations: dict[str, dict[str, Any]] = {}
     for job in jobs:
         try:
             envelopes[job.job_id] = _load_envelope(store, job)
+            valuations[job.job_id] = _load_valuation(db, store, period, job)
         except SettlementError as exc:
             failures.append(f"job {job.job_id}: {exc}")
     if intake is not None and envelopes:
         verify = _admitted_by(intake, period, list(envelopes.values()))
     for job in jobs:
-        if job.job_id not in envelopes:
+        if job.job_id not in valuations:
             continue
         try:
-            facts = _check_job(db, verify, period, job, envelopes[job.job_id])
+            facts = _check_job(
+                db, verify, verify_valuation, period, job, envelopes[job.job_id], valuations[job.job_id]
+            )
             allocations += allocate_job(policy, period, facts)
             settled.append(facts)
         except SettlementError as exc:
@@ -221,13 +256,18 @@ def _verify_all(
 
 
 def inputs_digest(period: str, policy: AllocationPolicy, jobs: Sequence[SettledJob]) -> str:
-    """What a settlement depends on: the policy, and each job's id, payment and receipt."""
+    """What a settlement depends on: the policy, and each job's id, payment, receipt and valuation."""
     return digest_json(
         {
             "period": period,
             "policy_digest": policy.digest,
             "jobs": [
-                {"job_id": j.job_id, "payment": j.payment, "receipt_digest": j.receipt_digest}
+                {
+                    "job_id": j.job_id,
+                    "payment": j.payment,
+                    "receipt_digest": j.receipt_digest,
+                    "valuation_receipt_digest": j.valuation_receipt_digest,
+                }
                 for j in sorted(jobs, key=lambda j: j.job_id)
             ],
         }
@@ -295,6 +335,7 @@ def settle_period(
     period: str,
     policy: AllocationPolicy,
     verify: Verify,
+    verify_valuation: VerifyValuation,
     approver: str = "auto",
     statements_dir: Path,
     provenance: ProvenanceLog | None = None,
@@ -302,11 +343,15 @@ def settle_period(
 ) -> Settlement:
     """Settle every completed job of ``period``; see the module docstring for the steps.
 
-    With ``intake`` every receipt of the period goes through ``ReceiptIntake.admit_many`` (chains,
-    equivocation, dataset roots, stored once) instead of ``verify`` alone.
+    ``verify_valuation`` checks each job's signed valuation (``Settings.valuation_verifier``); the data
+    share is paid only on the per-owner values of a valuation that verifies and names the job's usage
+    receipt (``check_binding``). With ``intake`` every receipt of the period goes through
+    ``ReceiptIntake.admit_many`` (chains, equivocation, dataset roots, stored once) instead of
+    ``verify`` alone.
 
-    With ``provenance`` the posted settlement's ``value`` and ``settle`` statements are recorded
-    (idempotent by content, so a re-run records nothing new).
+    With ``provenance`` the posted settlement's ``settle`` statement is recorded, consuming each job's
+    usage and valuation receipts (idempotent by content, so a re-run records nothing new; the
+    ``value`` statements were recorded by the value step).
     """
     check_period(period)
     if not isinstance(approver, str) or not approver.strip():
@@ -321,7 +366,7 @@ def settle_period(
     with db.transaction() as con:
         claimed = rows.claim(con, period)
 
-    settled, allocations = _verify_all(db, store, verify, period, policy, jobs, intake)
+    settled, allocations = _verify_all(db, store, verify, verify_valuation, period, policy, jobs, intake)
     digest = inputs_digest(period, policy, settled)
     assurance = "simulated" if any(j.assurance != "hardware" for j in settled) else "hardware"
     root = allocation_root(allocations)

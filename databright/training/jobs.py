@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from databright.crypto import digest_json
+from databright.crypto import digest_json, sha256_hex
 from databright.db import ExchangeDB
 from databright.errors import DatabrightError, TrainingError
 from databright.storage.objectstore import ObjectStore
@@ -33,13 +34,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     model_digest    VARCHAR,
     work_units      BIGINT,
     error           VARCHAR,
-    created_at      TIMESTAMPTZ NOT NULL
+    created_at      TIMESTAMPTZ NOT NULL,
+    validation_key  VARCHAR                                 -- the trainer's validation file, archived
 );
 """
 
 _COLUMNS = (
     "job_id, period, trainer_id, dataset, dataset_version, task, payment, provider_id, offer_id, "
-    "status, receipt_key, model_key, model_digest, work_units, error"
+    "status, receipt_key, model_key, model_digest, work_units, error, validation_key"
 )
 
 
@@ -60,6 +62,7 @@ class TrainingJob:
     model_digest: str | None = None
     work_units: int | None = None
     error: str | None = None
+    validation_key: str | None = None
 
 
 def _row_to_job(row: tuple[object, ...]) -> TrainingJob:
@@ -132,7 +135,7 @@ def submit_job(
     )
     with db.transaction() as con:
         con.execute(
-            f"INSERT INTO jobs ({_COLUMNS}, created_at) VALUES ({', '.join(['?'] * 16)})",
+            f"INSERT INTO jobs ({_COLUMNS}, created_at) VALUES ({', '.join(['?'] * 17)})",
             [
                 job.job_id,
                 period,
@@ -144,6 +147,7 @@ def submit_job(
                 provider_id,
                 offer_id,
                 "submitted",
+                None,
                 None,
                 None,
                 None,
@@ -175,17 +179,22 @@ def complete_job(
     model_bytes: bytes,
     model_digest: str,
     work_units: int,
+    validation: Path,
 ) -> TrainingJob:
-    """Archive the signed receipt and the model, then mark the job completed (settlement reads it)."""
+    """Archive the signed receipt, the model and the trainer's validation file (the value step
+    values the records against it), then mark the job completed (settlement reads it)."""
     receipt_key = f"receipts/{job.period}/{job.job_id}.dsse.json"
     model_key = f"models/{job.job_id}/{model_digest}.pt"
+    data = validation.read_bytes()
+    validation_key = f"validation/{job.job_id}/{sha256_hex(data)}{validation.suffix.lower()}"
     store.put_bytes(model_key, model_bytes)
+    store.put_bytes(validation_key, data)
     store.put_bytes(receipt_key, json.dumps(receipt_envelope, sort_keys=True, indent=2).encode("utf-8"))
     with db.transaction() as con:
         con.execute(
             """UPDATE jobs SET status = 'completed', receipt_key = ?, model_key = ?, model_digest = ?,
-               work_units = ? WHERE job_id = ? AND status = 'escrowed'""",
-            [receipt_key, model_key, model_digest, work_units, job.job_id],
+               work_units = ?, validation_key = ? WHERE job_id = ? AND status = 'escrowed'""",
+            [receipt_key, model_key, model_digest, work_units, validation_key, job.job_id],
         )
     return get_job(db, job.job_id)
 

@@ -11,12 +11,14 @@ took of the task folder:
    from the row's canonical bytes, then the Merkle root over the ids; a single altered cell, a
    swapped or missing row, or a wrong file refuses the job with ``IntegrityError`` before training;
 2. it loads the trainer's validation file (CSV or Parquet) and the task's entrypoint;
-3. the task trains and meters every record it reads;
-4. exact KNN-Shapley values each training record against the validation set, in the task's
-   embedding (the model's input space);
-5. per owner: rows used, visits and summed value; a Merkle root over every
-   ``(owner, record, visits, value)`` in dataset order; work units = total visits × model cost;
-6. the model is written to ``output_dir/model.pt`` (with ``records.parquet``, the root's leaves)
+3. the task trains and meters every record it reads, and credits each record with its in-run
+   contribution: at every step that reads it, its gradient dotted with the validation-loss gradient
+   (``databright.valuation.inrun``) — a value for every record the job trained on, at a small cost;
+4. per owner: rows used, visits and summed in-run contribution; a Merkle root over every
+   ``(owner, record, visits, contribution)`` in dataset order; work units = total visits × model
+   cost. (Dividends are paid on a separate, signed valuation by the ``knn_shapley`` value task —
+   ``value_job`` — not on these contributions, which describe this one training run.)
+5. the model is written to ``output_dir/model.pt`` (with ``records.parquet``, the root's leaves)
    and a ``UsageReceipt`` naming all of it is signed by the session key.
 """
 
@@ -40,11 +42,14 @@ from databright.trust.evidence import iso, utc
 from databright.trust.kex import KexKeyPair, KeyRelease
 from databright.trust.receipts import OwnerUsage, UsageReceipt, records_root, sign_receipt
 from databright.trust.sealing import open_shards
-from databright.valuation import KNNShapley, ValuationResult
+from databright.valuation import ValuationResult
+from databright.valuation.inrun import inrun_result
 
 MODEL_FILE = "model.pt"
 RECORDS_FILE = "records.parquet"
 _META_COLUMNS = ("record_id", "owner")
+# The training settings an in-run contribution depends on, recorded with it.
+_INRUN_PARAMS = ("epochs", "batch_size", "learning_rate", "weight_decay")
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
@@ -179,7 +184,7 @@ def verify_records(
     return actual
 
 
-def _features(frame: pd.DataFrame, schema: Schema, what: str) -> tuple[np.ndarray, np.ndarray]:
+def feature_arrays(frame: pd.DataFrame, schema: Schema, what: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         x = frame[list(schema.features)].to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -200,7 +205,7 @@ def load_validation(path: Path, schema: Schema) -> tuple[np.ndarray, np.ndarray]
         )
     if frame.empty:
         raise TrainingError(f"validation file {path} has no rows; records are valued against it")
-    return _features(frame, schema, f"validation file {path}")
+    return feature_arrays(frame, schema, f"validation file {path}")
 
 
 def owner_usage(owners: list[str], visits: np.ndarray, values: np.ndarray) -> dict[str, OwnerUsage]:
@@ -223,20 +228,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _valuate(
-    out: TrainOutput,
-    x: np.ndarray,
-    y: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    k: Any,
-    ids: list[str],
-    digests: dict[str, str],
+def _contributions(
+    out: TrainOutput, spec: JobSpec, config: dict[str, Any], ids: list[str], validation_digest: str
 ) -> ValuationResult:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise TrainingError(f"config knn_k={k!r} must be a positive integer (the K of KNN-Shapley)")
-    return KNNShapley(k=k).valuate(
-        out.embed(x), y, out.embed(x_val), y_val, record_ids=ids, input_digests=digests
+    if out.contributions is None:
+        raise TrainingError(
+            f"enclave task {spec.task!r} returned no in-run contributions; a job's receipt records one per "
+            "record, so run the task with its inrun setting on and a validation set"
+        )
+    return inrun_result(
+        out.contributions,
+        params={key: config[key] for key in _INRUN_PARAMS if key in config},
+        seed=spec.seed,
+        record_ids=ids,
+        input_digests={
+            "dataset_merkle_root": spec.expected_merkle_root,
+            "validation_file": validation_digest,
+        },
     )
 
 
@@ -266,7 +274,7 @@ def run_job(
 
     task = load_task(Path(enclave_tasks_dir), spec.task)
     config = task.resolve_config(spec.config)
-    x, y = _features(dataset, schema, f"dataset {spec.dataset} v{spec.dataset_version}")
+    x, y = feature_arrays(dataset, schema, f"dataset {spec.dataset} v{spec.dataset_version}")
     out = task.train(x, y, config, spec.seed, x_val=x_val, y_val=y_val)
     if not isinstance(out, TrainOutput):
         raise TrainingError(f"enclave task {spec.task!r} returned {type(out).__name__}, expected TrainOutput")
@@ -276,16 +284,7 @@ def run_job(
             "the task must return one visit count per row"
         )
 
-    valuation = _valuate(
-        out,
-        x,
-        y,
-        x_val,
-        y_val,
-        config.get("knn_k", 5),
-        ids,
-        {"dataset_merkle_root": spec.expected_merkle_root, "validation_file": validation_digest},
-    )
+    valuation = _contributions(out, spec, config, ids, validation_digest)
     owners = [str(o) for o in dataset["owner"].tolist()]
     usage = owner_usage(owners, out.visits, valuation.values)
     root = records_root(zip(owners, ids, out.visits.tolist(), valuation.values.tolist(), strict=True))

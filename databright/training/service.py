@@ -126,6 +126,7 @@ def execute_job(
                 model_bytes=model.read_bytes(),
                 model_digest=outcome.model_digest,
                 work_units=outcome.work_units,
+                validation=validation,
             )
     except DatabrightError as exc:
         fail_job(db, job, f"{type(exc).__name__}: {exc}")

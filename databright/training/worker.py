@@ -14,7 +14,10 @@ key that signs receipts exists in exactly one process — the one whose code was
   folder (``open_job_data``: digests checked before anything trains; a plain spec naming
   plaintext files is refused), runs ``run_job`` on those copies, removes them, and signs the
   receipt, chaining it to the previous one of the session (``sequence`` counts from 0;
-  ``previous_receipt_digest`` is ``None`` for the first).
+  ``previous_receipt_digest`` is ``None`` for the first);
+* ``value(spec)`` — the same checks for a ``ValueSpec`` (a value task such as ``knn_shapley``):
+  values the records of a completed job and signs a valuation receipt, in a second chain of the
+  session (``value_sequence``) so usage and valuation receipts each stay gap-free.
 
 Workers never open the exchange database: they receive sealed shards, wrapped data keys and file
 paths, and return signed receipts.
@@ -35,11 +38,14 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from databright import errors
 from databright.errors import DatabrightError, TrainingError
 from databright.training.spec import JobOutcome, JobSpec
+
+if TYPE_CHECKING:
+    from databright.training.value_job import ValueOutcome, ValueSpec
 
 AttesterFactory = Callable[[Path, dict[str, Any]], Any]
 _POLL_S = 0.05
@@ -73,6 +79,8 @@ class _Session:
         self.kex: dict[str, Any] = {}  # attestation result id -> KexKeyPair
         self.sequence = 0
         self.previous_receipt_digest: str | None = None
+        self.value_sequence = 0
+        self.previous_valuation_digest: str | None = None
 
     def _measure(self, task: str) -> tuple[Path, str]:
         from databright.trust.measurement import find_task, measure_task
@@ -112,15 +120,13 @@ class _Session:
         pair = self.kex.setdefault(result_id, KexKeyPair.generate())
         return pair.publish(self.key, result_id)
 
-    def run(self, spec: JobSpec) -> JobOutcome:
-        from databright.training.runner import open_job_data, run_job
-        from databright.trust.receipts import receipt_digest
-
-        if not isinstance(spec, JobSpec):
-            raise TrainingError(f"run expects a JobSpec, got {type(spec).__name__}")
+    def _admit(self, spec: JobSpec, what: str) -> tuple[str, Any]:
+        """The task's measurement and the session's key-exchange pair for ``spec``, or the reason the
+        session refuses it: another provider's job, a task not attested here or changed since, plain
+        data files, or no key-exchange key published under the job's attestation result."""
         if spec.provider_id != self.provider_id:
             raise TrainingError(
-                f"job {spec.job_id} is for provider {spec.provider_id!r}, but this worker is "
+                f"{what} {spec.job_id} is for provider {spec.provider_id!r}, but this worker is "
                 f"{self.provider_id!r}; send it to the allocated provider's worker"
             )
         attested = self.attested.get(spec.task)
@@ -137,15 +143,24 @@ class _Session:
             )
         if not spec.sealed:
             raise TrainingError(
-                f"job {spec.job_id} names plaintext data files; this worker reads only sealed shards with "
-                "the data keys released to its session — build the spec with shards and key_release"
+                f"{what} {spec.job_id} names plaintext data files; this worker reads only sealed shards "
+                "with the data keys released to its session — build the spec with shards and key_release"
             )
         kex = self.kex.get(spec.attestation_result_id)
         if kex is None:
             raise TrainingError(
-                f"job {spec.job_id} is under attestation result {spec.attestation_result_id}, for which this "
-                "session published no key-exchange key; call publish_kex(result_id) and ask for a release"
+                f"{what} {spec.job_id} is under attestation result {spec.attestation_result_id}, for which "
+                "this session published no key-exchange key; call publish_kex(result_id), ask for a release"
             )
+        return measurement, kex
+
+    def run(self, spec: JobSpec) -> JobOutcome:
+        from databright.training.runner import open_job_data, run_job
+        from databright.trust.receipts import receipt_digest
+
+        if not isinstance(spec, JobSpec):
+            raise TrainingError(f"run expects a JobSpec, got {type(spec).__name__}")
+        measurement, kex = self._admit(spec, "job")
         # Private to this process's user (mkdtemp makes it 0700) and gone when the job ends.
         with tempfile.TemporaryDirectory(prefix="databright-shards-") as private:
             opened = open_job_data(spec, kex, Path(private))
@@ -160,6 +175,32 @@ class _Session:
         # The chain only advances for receipts actually issued, so a failed job leaves no gap.
         self.sequence += 1
         self.previous_receipt_digest = receipt_digest(outcome.receipt_envelope)
+        return outcome
+
+    def value(self, spec: ValueSpec) -> ValueOutcome:
+        """Run a ``ValueSpec``: value a completed job's records and sign a valuation receipt, chained
+        in the session's own valuation chain (separate from its usage receipts)."""
+        import dataclasses
+
+        from databright.training.runner import open_job_data
+        from databright.training.value_job import ValueSpec, run_value
+        from databright.trust.valuation_receipts import valuation_receipt_digest
+
+        if not isinstance(spec, ValueSpec):
+            raise TrainingError(f"value expects a ValueSpec, got {type(spec).__name__}")
+        measurement, kex = self._admit(spec.data, "value job for")
+        with tempfile.TemporaryDirectory(prefix="databright-shards-") as private:
+            opened = dataclasses.replace(spec, data=open_job_data(spec.data, kex, Path(private)))
+            outcome = run_value(
+                opened,
+                self.key,
+                sequence=self.value_sequence,
+                previous_receipt_digest=self.previous_valuation_digest,
+                measurement=measurement,
+                enclave_tasks_dir=self.enclave_tasks_dir,
+            )
+        self.value_sequence += 1
+        self.previous_valuation_digest = valuation_receipt_digest(outcome.receipt_envelope)
         return outcome
 
 
@@ -210,8 +251,10 @@ def _child_main(
                 result = session.publish_kex(*args)
             elif command == "run":
                 result = session.run(*args)
+            elif command == "value":
+                result = session.value(*args)
             else:
-                raise TrainingError(f"unknown worker command {command!r}; use attest, kex, run or stop")
+                raise TrainingError(f"unknown worker command {command!r}; use attest, kex, run, value, stop")
         except (Exception, SystemExit) as exc:
             # SystemExit too: task code calling sys.exit() is a failed job, not a reason to die.
             conn.send(_failure(exc))
@@ -368,6 +411,14 @@ class WorkerProcess:
         """Run one sealed job in the child; return its signed outcome."""
         result = self._call("run", (spec,), self.run_timeout_s)
         assert isinstance(result, JobOutcome)
+        return result
+
+    def value(self, spec: ValueSpec) -> ValueOutcome:
+        """Run one sealed value job in the child; return its signed valuation outcome."""
+        from databright.training.value_job import ValueOutcome
+
+        result = self._call("value", (spec,), self.run_timeout_s)
+        assert isinstance(result, ValueOutcome)
         return result
 
     def _call(self, command: str, args: tuple[Any, ...], timeout_s: float) -> Any:

@@ -42,6 +42,7 @@ from databright.trust.evidence import (
     PLATFORM_ENDORSEMENT_TYPE,
     SIM_QUOTE_TYPE,
     USAGE_RECEIPT_TYPE,
+    VALUATION_RECEIPT_TYPE,
     Attester,
     Verifier,
     binding_report_data,
@@ -77,6 +78,15 @@ from databright.trust.simulated import (
     SimulatedVendorRoot,
     provision_platform,
 )
+from databright.trust.valuation_receipts import (
+    OwnerValue,
+    ValuationReceipt,
+    parse_valuation_receipt,
+    sign_valuation_receipt,
+    valuation_receipt_digest,
+    values_root,
+    verify_valuation_receipt,
+)
 from databright.trust.verifier import (
     AttestationResult,
     SimulatedVerifier,
@@ -85,6 +95,21 @@ from databright.trust.verifier import (
     load_verifier_key,
     open_result,
 )
+
+
+def _trusted_result(
+    db: ExchangeDB, store: ObjectStore, verifier_public_key: PublicKey, *, result_id: str, what: str
+) -> AttestationResult:
+    """The attestation result a receipt names, its verifier signature and archived evidence checked."""
+    try:
+        result = load_result(db, verifier_public_key, result_id)
+        check_archived_evidence(store, result)
+    except AttestationError as exc:
+        raise ReceiptRejected(
+            f"{what} names attestation result {result_id}, which cannot be trusted: {exc.message}",
+            reason=exc.code,
+        ) from exc
+    return result
 
 
 def verify_usage_receipt(
@@ -102,16 +127,34 @@ def verify_usage_receipt(
     Any failure is a ``ReceiptRejected``; its ``context['reason']`` says which check failed.
     """
     claimed = parse_receipt(envelope)
-    try:
-        result = load_result(db, verifier_public_key, claimed.attestation_result_id)
-        check_archived_evidence(store, result)
-    except AttestationError as exc:
-        raise ReceiptRejected(
-            f"usage receipt for job {claimed.job_id} names attestation result "
-            f"{claimed.attestation_result_id}, which cannot be trusted: {exc.message}",
-            reason=exc.code,
-        ) from exc
+    result = _trusted_result(
+        db,
+        store,
+        verifier_public_key,
+        result_id=claimed.attestation_result_id,
+        what=f"usage receipt for job {claimed.job_id}",
+    )
     return verify_receipt(envelope, result, now=now)
+
+
+def verify_signed_valuation(
+    db: ExchangeDB,
+    store: ObjectStore,
+    verifier_public_key: PublicKey,
+    envelope: dict[str, Any],
+    *,
+    now: dt.datetime | None = None,
+) -> ValuationReceipt:
+    """Verify a valuation receipt end to end, like ``verify_usage_receipt``, before paying on its values."""
+    claimed = parse_valuation_receipt(envelope)
+    result = _trusted_result(
+        db,
+        store,
+        verifier_public_key,
+        result_id=claimed.attestation_result_id,
+        what=f"valuation receipt for job {claimed.job_id}",
+    )
+    return verify_valuation_receipt(envelope, result, now=now)
 
 
 __all__ = [
@@ -120,6 +163,7 @@ __all__ = [
     "PLATFORM_ENDORSEMENT_TYPE",
     "SIM_QUOTE_TYPE",
     "USAGE_RECEIPT_TYPE",
+    "VALUATION_RECEIPT_TYPE",
     "Admission",
     "AttestationPolicy",
     "AttestationResult",
@@ -135,6 +179,7 @@ __all__ = [
     "KeyRelease",
     "KeyService",
     "OwnerUsage",
+    "OwnerValue",
     "ReceiptIntake",
     "Rejection",
     "SimulatedAttester",
@@ -142,6 +187,7 @@ __all__ = [
     "SimulatedVendorRoot",
     "SimulatedVerifier",
     "UsageReceipt",
+    "ValuationReceipt",
     "VerifiedQuote",
     "Verifier",
     "binding_report_data",
@@ -157,6 +203,7 @@ __all__ = [
     "measure_task",
     "open_result",
     "parse_receipt",
+    "parse_valuation_receipt",
     "production_policy",
     "provision_platform",
     "purge_nonces",
@@ -165,9 +212,14 @@ __all__ = [
     "records_root",
     "reverify",
     "sign_receipt",
+    "sign_valuation_receipt",
     "task_manifest",
     "tdx_measurement",
+    "valuation_receipt_digest",
+    "values_root",
     "verify_quote",
     "verify_receipt",
+    "verify_signed_valuation",
     "verify_usage_receipt",
+    "verify_valuation_receipt",
 ]

@@ -23,6 +23,7 @@ SIM_QUOTE_TYPE = "application/vnd.databright.sim-quote.v1+json"
 PLATFORM_ENDORSEMENT_TYPE = "application/vnd.databright.platform-endorsement.v1+json"
 ATTESTATION_RESULT_TYPE = "application/vnd.databright.attestation-result.v1+json"
 USAGE_RECEIPT_TYPE = "application/vnd.databright.usage-receipt.v1+json"
+VALUATION_RECEIPT_TYPE = "application/vnd.databright.valuation-receipt.v1+json"
 
 BINDING_CONTEXT = b"databright/attestation-binding/v1"
 BINDING_BYTES = 32

@@ -27,9 +27,9 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from databright.crypto import (
     SigningKey,
@@ -360,22 +360,74 @@ def verify_receipt(
     ``ASSURANCE_MISMATCH``, ``PROVIDER_MISMATCH``, ``TASK_MISMATCH``, ``ISSUED_BEFORE_ATTESTATION``,
     ``RESULT_EXPIRED`` or ``ISSUED_IN_FUTURE``.
     """
+    return verify_signed_under(
+        envelope,
+        result,
+        payload_type=USAGE_RECEIPT_TYPE,
+        payload=_payload,
+        parse=_statement,
+        what="usage receipt",
+        now=now,
+    )
+
+
+class SignedBySession(Protocol):
+    """What every receipt an attested session signs states about the session that signed it."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def attestation_result_id(self) -> str: ...
+    @property
+    def measurement(self) -> str: ...
+    @property
+    def assurance(self) -> str: ...
+    @property
+    def provider_id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def issued_at(self) -> str: ...
+    @property
+    def issued_at_time(self) -> dt.datetime: ...
+
+
+R = TypeVar("R", bound=SignedBySession)
+
+
+def verify_signed_under(
+    envelope: dict[str, Any],
+    result: AttestationResult,
+    *,
+    payload_type: str,
+    payload: Callable[[Any], bytes],
+    parse: Callable[[bytes], R],
+    what: str,
+    now: dt.datetime | None = None,
+) -> R:
+    """The checks every receipt kind shares: signed by ``result``'s session key, naming that result,
+    its measurement, assurance, provider and task, and issued while the result was valid.
+
+    ``payload`` extracts the envelope's payload bytes (refusing a wrong ``payloadType`` as
+    ``MALFORMED``), ``parse`` turns the verified bytes into the receipt, ``what`` names the kind in
+    messages. The reasons are those listed in ``verify_receipt``.
+    """
     moment = utc(now)
     if result.status != "ok":
         raise ReceiptRejected(
-            f"attestation result {result.result_id} has status {result.status!r}; receipts under it are void",
+            f"attestation result {result.result_id} has status {result.status!r}; {what}s under it are void",
             reason="RESULT_NOT_OK",
         )
-    _payload(envelope)  # type and encoding first, so a wrong envelope reads as malformed
+    payload(envelope)  # type and encoding first, so a wrong envelope reads as malformed
     try:
-        payload = open_envelope(envelope, USAGE_RECEIPT_TYPE, result.session_key)
+        signed = open_envelope(envelope, payload_type, result.session_key)
     except IntegrityError as exc:
         raise ReceiptRejected(
-            f"usage receipt is not signed by session key {result.session_key.key_id} of attestation result "
+            f"{what} is not signed by session key {result.session_key.key_id} of attestation result "
             f"{result.result_id} ({exc}); the receipt was altered or signed outside the attested session",
             reason="SIGNATURE_INVALID",
         ) from exc
-    receipt = _statement(payload)
+    receipt = parse(signed)
     checks = (
         ("attestation_result_id", "RESULT_MISMATCH", result.result_id),
         ("measurement", "MEASUREMENT_MISMATCH", result.measurement),
@@ -387,26 +439,26 @@ def verify_receipt(
         claimed = getattr(receipt, field)
         if claimed != expected:
             raise ReceiptRejected(
-                f"usage receipt for job {receipt.job_id} says {field} {claimed!r}, but attestation result "
+                f"{what} for job {receipt.job_id} says {field} {claimed!r}, but attestation result "
                 f"{result.result_id} says {expected!r}; settle it only under the result that admitted it",
                 reason=reason,
             )
     issued = receipt.issued_at_time
     if issued < parse_iso(result.issued_at, field="issued_at"):
         raise ReceiptRejected(
-            f"usage receipt for job {receipt.job_id} was issued at {receipt.issued_at}, before attestation "
+            f"{what} for job {receipt.job_id} was issued at {receipt.issued_at}, before attestation "
             f"result {result.result_id} existed ({result.issued_at}); the worker's clock or receipt is wrong",
             reason="ISSUED_BEFORE_ATTESTATION",
         )
     if issued >= parse_iso(result.expires_at, field="expires_at"):
         raise ReceiptRejected(
-            f"usage receipt for job {receipt.job_id} was issued at {receipt.issued_at}, after attestation "
+            f"{what} for job {receipt.job_id} was issued at {receipt.issued_at}, after attestation "
             f"result {result.result_id} expired ({result.expires_at}); the worker must attest again",
             reason="RESULT_EXPIRED",
         )
     if issued > moment + CLOCK_SKEW:
         raise ReceiptRejected(
-            f"usage receipt for job {receipt.job_id} claims issue time {receipt.issued_at}, later than now "
+            f"{what} for job {receipt.job_id} claims issue time {receipt.issued_at}, later than now "
             f"({moment.isoformat()}) plus {CLOCK_SKEW}; fix the worker's clock",
             reason="ISSUED_IN_FUTURE",
         )

@@ -18,6 +18,9 @@ One method per module:
 * ``tmc_shapley`` and ``banzhaf`` — Monte Carlo TMC-Shapley and Data Banzhaf (MSR) over
   ``utility.LogisticUtility``, which trains a batch of small models at once (torch), with
   composable ``stopping`` rules, per-point standard errors and a convergence status.
+* ``inrun`` — in-run first-order contributions recorded during training (each record's gradient
+  dotted with the validation-loss gradient at every step that reads it; ghost dot product, closed
+  form for logistic regression): what a usage receipt records per record.
 * ``robust`` — replication robustness: near-duplicate groups are valued as one player, so copies
   never earn more than one copy; ``owners`` — per-owner aggregation and the group-sharing rule.
 * ``enumeration`` — exact Shapley / Banzhaf by enumerating subsets (n ≤ 16): the tests' reference.
@@ -30,6 +33,15 @@ from databright.valuation.banzhaf import BanzhafMSR
 from databright.valuation.distributed import DaskKNNShapley
 from databright.valuation.enumeration import exact_banzhaf, exact_shapley
 from databright.valuation.incremental import KnnIndex
+from databright.valuation.inrun import METHOD as INRUN_METHOD
+from databright.valuation.inrun import (
+    InRunContributions,
+    LogisticInRun,
+    LogisticValidation,
+    ghost_dot,
+    inrun_result,
+    logistic_residual,
+)
 from databright.valuation.knn_shapley import KNNRegressionShapley, KNNShapley, array_digest
 from databright.valuation.owners import OwnerValues, RecordGroups, SplitRule, owner_values, split_exactly
 from databright.valuation.protocol import Valuator, build_result
@@ -42,15 +54,19 @@ from databright.valuation.utility import BatchUtility, FunctionUtility, Logistic
 
 __all__ = [
     "DEFAULT_SCALE",
+    "INRUN_METHOD",
     "BanzhafMSR",
     "BatchUtility",
     "Convergence",
     "DaskKNNShapley",
     "FunctionUtility",
+    "InRunContributions",
     "KNNRegressionShapley",
     "KNNShapley",
     "KnnIndex",
+    "LogisticInRun",
     "LogisticUtility",
+    "LogisticValidation",
     "MaxTime",
     "MaxUpdates",
     "MonteCarloValuator",
@@ -67,7 +83,10 @@ __all__ = [
     "build_result",
     "exact_banzhaf",
     "exact_shapley",
+    "ghost_dot",
+    "inrun_result",
     "library_versions",
+    "logistic_residual",
     "owner_values",
     "quantize_value",
     "quantize_weights",

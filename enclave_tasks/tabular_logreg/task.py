@@ -7,6 +7,13 @@ update of ``torch.optim.SGD``, bit for bit; minibatches come from a generator se
 torch runs on one CPU thread, and the weights start from ``torch.manual_seed``, so the same data,
 config and seed give the same model bytes. Every minibatch is metered, so the
 visit counts in the receipt are exactly the rows the model read.
+
+With ``inrun: true`` (the default) and a validation set, every step also credits each row of its
+minibatch with its first-order contribution to the validation loss,
+``η/|B| · ⟨∇ℓ_i(w), ∇L_val(w)⟩`` (``databright.valuation.inrun``), in closed form for logistic
+regression: ``(σ(z_i) − y_i) · (a_i·G_W + g_b)`` with ``(G_W, g_b)`` the validation gradient at the
+step's weights. The contributions only read the weights: the model bytes are the same with
+``inrun`` on or off. Weight decay's share of each step belongs to no record and is left out.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 from databright.errors import TrainingError
 from databright.training.meter import UsageMeter
 from databright.training.tasks import TrainOutput
+from databright.valuation.inrun import LogisticInRun, LogisticValidation
 
 
 def _features(name: str, x: Any, width: int | None = None) -> np.ndarray:
@@ -70,6 +78,13 @@ def _setting(config: Mapping[str, Any], key: str, *, integer: bool, allow_zero: 
     return number
 
 
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise TrainingError(f"tabular_logreg: config {key}={value!r} must be true or false")
+    return value
+
+
 def train(
     x: np.ndarray,
     y: np.ndarray,
@@ -78,7 +93,8 @@ def train(
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
 ) -> TrainOutput:
-    """Train on ``(x, y)``; report accuracy on ``(x_val, y_val)`` when given (else ``None``)."""
+    """Train on ``(x, y)``; with ``(x_val, y_val)``, report accuracy on it and (``inrun``) each
+    record's in-run contribution to its loss; without, both are ``None``."""
     import torch
 
     x = _features("x", x)
@@ -89,6 +105,7 @@ def train(
     learning_rate = float(_setting(config, "learning_rate", integer=False))
     weight_decay = float(_setting(config, "weight_decay", integer=False, allow_zero=True))
     model_cost = int(_setting(config, "model_cost", integer=True))
+    inrun = _flag(config, "inrun", default=True)
 
     mean = x.mean(axis=0)
     std = x.std(axis=0)
@@ -98,6 +115,13 @@ def train(
     def embed(rows: np.ndarray) -> np.ndarray:
         return (_features("rows to embed", rows, width) - mean) / std
 
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    if x_val is not None or y_val is not None:
+        if x_val is None or y_val is None:
+            raise TrainingError("tabular_logreg: give both x_val and y_val, or neither")
+        xv = embed(x_val)
+        validation = (xv, _binary("y_val", y_val, xv.shape[0]))
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -105,10 +129,19 @@ def train(
         model = torch.nn.Linear(width, 1, dtype=torch.float64)
         parameters = list(model.parameters())
         loss_fn = torch.nn.BCEWithLogitsLoss()
-        inputs = torch.from_numpy(embed(x))
+        standardised = embed(x)
+        inputs = torch.from_numpy(standardised)
         targets = torch.from_numpy(labels)
         shuffler = np.random.default_rng(seed)
         meter = UsageMeter(n)
+        inrun_values: LogisticInRun | None = None
+        if inrun and validation is not None:
+            inrun_values = LogisticInRun(
+                standardised, labels, LogisticValidation(*validation), learning_rate=learning_rate
+            )
+        # numpy views of the parameters: the in-place update below keeps them current, and reading
+        # them leaves the model untouched.
+        weight_view, bias_view = model.weight.detach().numpy(), model.bias.detach().numpy()
         for _ in range(epochs):
             order = shuffler.permutation(n)
             for start in range(0, n, batch_size):
@@ -118,6 +151,9 @@ def train(
                 for parameter in parameters:
                     parameter.grad = None
                 loss = loss_fn(model(inputs[index]).squeeze(1), targets[index])
+                if inrun_values is not None:
+                    # Before the update: the step is credited at the weights its gradients were taken at.
+                    inrun_values.observe(batch, weight_view, bias_view)
                 loss.backward()
                 with torch.no_grad():
                     for parameter in parameters:
@@ -128,11 +164,8 @@ def train(
                         parameter.add_(step, alpha=-learning_rate)
 
         accuracy: float | None = None
-        if x_val is not None or y_val is not None:
-            if x_val is None or y_val is None:
-                raise TrainingError("tabular_logreg: give both x_val and y_val, or neither")
-            xv = embed(x_val)
-            yv = _binary("y_val", y_val, xv.shape[0])
+        if validation is not None:
+            xv, yv = validation
             with torch.no_grad():
                 predicted = (model(torch.from_numpy(xv)).squeeze(1) > 0).double().numpy()
             accuracy = float(np.mean(predicted == yv))
@@ -154,4 +187,5 @@ def train(
         embed=embed,
         validation_accuracy=accuracy,
         model_cost=model_cost,
+        contributions=None if inrun_values is None else inrun_values.values,
     )

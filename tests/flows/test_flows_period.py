@@ -151,3 +151,39 @@ def test_a_budget_no_offer_fits_fails_with_the_quote_and_escrows_nothing(demo_pe
     # the pool attested both providers, and withdrew their offers when it closed
     assert {o.status for o in list_offers(db)} == {"withdrawn"}
     assert {o.assurance for o in list_offers(db)} == {"simulated"}
+
+
+def test_the_value_flow_signs_what_settlement_paid_on(demo_period, exchange_home):
+    from databright.crypto import digest_json
+    from databright.training.valuation_store import list_valuations, load_valuation_envelope
+    from databright.trust import verify_signed_valuation
+    from databright.trust.valuation_receipts import check_binding
+
+    db, store = exchange_home.exchange_db(), exchange_home.object_store()
+    (valuation,) = list_valuations(db, PERIOD)
+    assert valuation.job_id == demo_period.job.job_id
+    assert valuation.task == "knn_shapley" and valuation.method == "knn-shapley+replication-robust"
+    envelope = load_valuation_envelope(store, valuation)
+    key = load_verifier_key(exchange_home.keys_dir).public_key
+    signed = verify_signed_valuation(db, store, key, envelope)
+    usage_envelope = json.loads(store.get_bytes(demo_period.job.receipt_key))
+    check_binding(signed, parse_receipt(usage_envelope), digest_json(usage_envelope))
+    assert signed.assurance == "simulated"
+    # Settlement's per-owner values are exactly the signed ones, and its inputs name the valuation.
+    (job,) = demo_period.settlement.jobs
+    assert {o.owner: o.value for o in job.owners} == {o: p.value for o, p in signed.owners.items()}
+    assert job.valuation_receipt_digest == valuation.receipt_digest
+    # The usage receipt's own values are the in-run contributions of the training run.
+    assert parse_receipt(usage_envelope).valuation["method"] == "in-run-first-order"
+
+
+def test_valuing_the_period_again_values_nothing_new(demo_period, exchange_home):
+    from flows.value import ValueConfig, value_flow
+
+    db = exchange_home.exchange_db()
+    before = db.query("SELECT * FROM valuations ORDER BY job_id")
+    result = CliRunner().invoke(app, ["value", "--period", PERIOD])
+    assert result.exit_code == 0, result.output
+    assert demo_period.job.job_id in result.output
+    assert [v.job_id for v in value_flow(ValueConfig(period=PERIOD))] == [demo_period.job.job_id]
+    assert db.query("SELECT * FROM valuations ORDER BY job_id") == before

@@ -1,7 +1,9 @@
-"""Test helpers for settlement: signed usage receipts, escrowed jobs and a verify function.
+"""Test helpers for settlement: signed usage receipts and valuations, escrowed jobs, verify functions.
 
 The receipts here are real Ed25519 DSSE envelopes built with ``databright.crypto``; ``make_verify``
-opens them with the session's public key, so a tampered or foreign receipt really fails.
+and ``make_verify_valuation`` open them with the session's public key, so a tampered or foreign
+receipt really fails. ``add_job`` also stores a signed valuation of the job (the values settlement
+pays on), bound to the digest of the job's usage receipt envelope as the value task binds it.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from databright.crypto import PublicKey, SigningKey, open_envelope, sha256_hex, sign_envelope
+from databright.crypto import PublicKey, SigningKey, digest_json, open_envelope, sha256_hex, sign_envelope
 from databright.db import ExchangeDB
 from databright.errors import IntegrityError, ReceiptRejected
 from databright.ledger import escrow_job_payment
 from databright.storage.objectstore import ObjectStore
 
 RECEIPT_TYPE = "application/vnd.databright.test-usage-receipt+json"
+VALUATION_TYPE = "application/vnd.databright.test-valuation-receipt+json"
 PERIOD = "2026-11"
 
 
@@ -46,6 +49,88 @@ class Receipt:
     work_units: int
     model_digest: str
     issued_at: str
+
+
+@dataclass(frozen=True)
+class Part:
+    records: int
+    value: float
+
+
+@dataclass(frozen=True)
+class Valuation:
+    """The fields of ``ValuationReceipt`` that settlement and the valuation store read."""
+
+    period: str
+    job_id: str
+    provider_id: str
+    attestation_result_id: str
+    task: str
+    method: str
+    dataset: str
+    dataset_version: int
+    dataset_merkle_root: str
+    usage_receipt_digest: str
+    model_digest: str
+    valuation_digest: str
+    values_root: str
+    owners: dict[str, Part]
+
+
+def make_valuation(
+    receipt: Receipt, usage_envelope: dict[str, Any], values: Mapping[str, float] | None = None
+) -> Valuation:
+    """A valuation of ``receipt``'s job: ``values`` per owner (default: the receipt's own values)."""
+    chosen = dict(values) if values is not None else {o: u.value for o, u in receipt.owners.items()}
+    return Valuation(
+        period=receipt.period,
+        job_id=receipt.job_id,
+        provider_id=receipt.provider_id,
+        attestation_result_id=receipt.attestation_result_id,
+        task="knn_shapley",
+        method="knn-shapley",
+        dataset=receipt.dataset,
+        dataset_version=receipt.dataset_version,
+        dataset_merkle_root=receipt.dataset_merkle_root,
+        usage_receipt_digest=digest_json(usage_envelope),
+        model_digest=receipt.model_digest,
+        valuation_digest=hexdigest(f"valuation-{receipt.job_id}-{sorted(chosen.items())}"),
+        values_root=hexdigest(f"values-{receipt.job_id}-{sorted(chosen.items())}"),
+        owners={
+            o: Part(receipt.owners[o].rows_used if o in receipt.owners else 1, v) for o, v in chosen.items()
+        },
+    )
+
+
+def sign_valuation(key: SigningKey, valuation: Valuation) -> dict[str, Any]:
+    payload = json.dumps(dataclasses.asdict(valuation), sort_keys=True).encode()
+    return sign_envelope(key, VALUATION_TYPE, payload)
+
+
+def make_verify_valuation(public_key: PublicKey) -> Callable[[dict[str, Any]], Valuation]:
+    def verify(envelope: dict[str, Any]) -> Valuation:
+        try:
+            payload = open_envelope(envelope, VALUATION_TYPE, public_key)
+        except IntegrityError as exc:
+            raise ReceiptRejected(f"valuation receipt signature check failed: {exc}") from exc
+        data = json.loads(payload)
+        data["owners"] = {o: Part(**p) for o, p in data["owners"].items()}
+        return Valuation(**data)
+
+    return verify
+
+
+def add_valuation(
+    store: ObjectStore,
+    db: ExchangeDB,
+    key: SigningKey,
+    valuation: Valuation,
+    envelope: dict[str, Any] | None = None,
+) -> None:
+    """Store a signed valuation as the value step does (valuation_store.store_valuation)."""
+    from databright.training.valuation_store import store_valuation
+
+    store_valuation(db, store, valuation, envelope or sign_valuation(key, valuation), b"values")  # type: ignore[arg-type]
 
 
 def hexdigest(label: str) -> str:
@@ -110,14 +195,19 @@ def add_job(
     escrow: bool = True,
     status: str = "completed",
     envelope: dict[str, Any] | None = None,
+    values: Mapping[str, float] | None = None,
+    valued: bool = True,
 ) -> str:
-    """Escrow the payment, store the signed receipt and insert the job row; return the receipt key."""
+    """Escrow the payment, store the signed receipt and insert the job row; unless ``valued`` is
+    false, also store a signed valuation of it (``values`` per owner, default the receipt's own);
+    return the receipt key."""
     if escrow:
         escrow_job_payment(
             db, trainer_id=trainer_id, job_id=receipt.job_id, period=receipt.period, amount=payment
         )
     receipt_key = f"receipts/{receipt.period}/{receipt.job_id}.json"
-    store.put_bytes(receipt_key, json.dumps(envelope or sign_receipt(key, receipt)).encode())
+    envelope = envelope or sign_receipt(key, receipt)
+    store.put_bytes(receipt_key, json.dumps(envelope).encode())
     with db.transaction() as con:
         con.execute(
             """INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment,
@@ -141,6 +231,8 @@ def add_job(
                 dt.datetime.now(dt.UTC),
             ],
         )
+    if valued:
+        add_valuation(store, db, key, make_valuation(receipt, envelope, values))
     return receipt_key
 
 

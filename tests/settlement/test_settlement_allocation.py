@@ -26,6 +26,8 @@ def job_for(owners, payment=1_000_000, **kw):
         payment=payment,
         receipt=receipt,
         receipt_digest=hexdigest("r"),
+        values={o: u.value for o, u in receipt.owners.items()},
+        valuation_receipt_digest=hexdigest("v"),
     )
 
 

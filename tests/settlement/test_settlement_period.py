@@ -5,7 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from settlement_testkit import PERIOD, add_job, make_receipt, make_verify, sign_receipt, transfers_table
+from settlement_testkit import (
+    PERIOD,
+    add_job,
+    add_valuation,
+    make_receipt,
+    make_valuation,
+    make_verify,
+    make_verify_valuation,
+    sign_receipt,
+    transfers_table,
+)
 
 from databright.config import Settings
 from databright.crypto import SigningKey
@@ -58,6 +68,7 @@ def settle(db, store, settings, policy, key, **kw) -> Settlement:
         period=PERIOD,
         policy=policy,
         verify=make_verify(key.public_key),
+        verify_valuation=make_verify_valuation(key.public_key),
         statements_dir=settings.statements_dir,
         **kw,
     )
@@ -150,6 +161,7 @@ def test_a_rejected_receipt_posts_nothing_and_names_the_job(two_jobs, store, set
     forged = sign_receipt(
         SigningKey.from_seed(b"someone else"), make_receipt("j-4", {"mallory": (100, 100, 9.0)})
     )
+    genuine = sign_receipt(session_key, make_receipt("j-4", {"mallory": (100, 100, 9.0)}))
     add_job(
         two_jobs,
         store,
@@ -157,6 +169,11 @@ def test_a_rejected_receipt_posts_nothing_and_names_the_job(two_jobs, store, set
         make_receipt("j-4", {"mallory": (100, 100, 9.0)}),
         payment=50_000,
         envelope=forged,
+        valued=False,
+    )
+    # The value step valued the genuine receipt; the store was then given a forged one.
+    add_valuation(
+        store, two_jobs, session_key, make_valuation(make_receipt("j-4", {"mallory": (1, 1, 9.0)}), genuine)
     )
     before = transfers_table(two_jobs)
     with pytest.raises(SettlementError, match=r"job j-4: receipt rejected: ReceiptRejected") as caught:
@@ -174,7 +191,6 @@ def test_a_rejected_receipt_posts_nothing_and_names_the_job(two_jobs, store, set
     assert not (settings.statements_dir / PERIOD).exists()
 
     # Replacing the forged receipt with the real one lets the period be claimed again and settle.
-    genuine = sign_receipt(session_key, make_receipt("j-4", {"mallory": (100, 100, 9.0)}))
     store.put_bytes(f"receipts/{PERIOD}/j-4.json", json.dumps(genuine).encode())
     settlement = settle(two_jobs, store, settings, policy, session_key)
     assert settlement.totals["contributor:mallory"] == 35_000
@@ -225,6 +241,7 @@ def test_period_without_completed_jobs_is_an_error(memory_db, store, settings, p
             period="2026-13",
             policy=policy,
             verify=make_verify(session_key.public_key),
+            verify_valuation=make_verify_valuation(session_key.public_key),
             statements_dir=settings.statements_dir,
         )
 
@@ -296,7 +313,13 @@ def test_real_trust_usage_receipts_settle(memory_db, store, settings, policy, se
         memory_db, store, session_key, mine, payment=90_000, envelope=sign_usage_receipt(session_key, receipt)
     )
     settlement = settle_period(
-        memory_db, store, period=PERIOD, policy=policy, verify=verify, statements_dir=settings.statements_dir
+        memory_db,
+        store,
+        period=PERIOD,
+        policy=policy,
+        verify=verify,
+        verify_valuation=make_verify_valuation(session_key.public_key),
+        statements_dir=settings.statements_dir,
     )
     # 63 000 data split 2:1 by value.
     assert settlement.totals["contributor:alice"] == 42_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from settlement_testkit import PERIOD, add_job, make_receipt, make_verify
+from settlement_testkit import PERIOD, add_job, make_receipt, make_verify, make_verify_valuation
 
 from databright.errors import SettlementError
 from databright.ledger import account_balances, deposit
@@ -47,6 +47,7 @@ def settled(memory_db, store, settings, policy, session_key):
         period=PERIOD,
         policy=policy,
         verify=make_verify(session_key.public_key),
+        verify_valuation=make_verify_valuation(session_key.public_key),
         statements_dir=settings.statements_dir,
     )
     return memory_db, settlement

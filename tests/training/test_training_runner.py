@@ -15,10 +15,11 @@ from databright.crypto import SigningKey, digest_file, open_envelope, sha256_hex
 from databright.errors import IntegrityError, SchemaMismatch, TrainingError
 from databright.training import JobSpec, run_job
 from databright.training.runner import open_job_data
+from databright.training.tasks import load_task
 from databright.trust.evidence import USAGE_RECEIPT_TYPE
 from databright.trust.kex import KexKeyPair
 from databright.trust.receipts import parse_receipt, records_root
-from databright.valuation import KNNShapley
+from databright.valuation import INRUN_METHOD
 
 MEASUREMENT = "ab" * 32
 
@@ -72,29 +73,33 @@ def test_happy_path_receipt_model_and_values(job_data: JobData, tmp_path: Path) 
     assert Path(outcome.model_path) == out_dir / "model.pt"
     assert digest_file(Path(outcome.model_path)) == outcome.model_digest == receipt.model_digest
 
-    # Values: exact KNN-Shapley in the standardised space, recomputed independently here.
+    # Values: the task's in-run contributions, one per record, exactly as the task computed them.
     x = frame[FEATURES].to_numpy()
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    z = (x - mean) / std
-    zv = (job_data.validation[FEATURES].to_numpy() - mean) / std
-    y, yv = frame["label"].to_numpy(), job_data.validation["label"].to_numpy()
+    y = frame["label"].to_numpy()
+    xv, yv = job_data.validation[FEATURES].to_numpy(), job_data.validation["label"].to_numpy()
+    task = load_task(ENCLAVE_TASKS, "tabular_logreg")
+    direct = task.train(x, y, task.resolve_config({"epochs": 5}), 11, x_val=xv, y_val=yv)
     records = pd.read_parquet(outcome.records_path)
     assert records["record_id"].tolist() == frame["record_id"].tolist()
     assert records["owner"].tolist() == frame["owner"].tolist()
     assert records["visits"].tolist() == [epochs] * n
-    expected = KNNShapley(k=5).values(z, y, zv, yv)
-    np.testing.assert_allclose(records["value"].to_numpy(), expected, rtol=0, atol=1e-12)
-    # Efficiency: the values add up to the utility of the whole training set.
-    assert math.isclose(math.fsum(records["value"]), knn_utility(z, y, zv, yv, 5), abs_tol=1e-12)
+    assert direct.contributions is not None
+    assert np.array_equal(records["value"].to_numpy(), direct.contributions)  # bit-identical
     for owner, usage in receipt.owners.items():
         mine = records.loc[records["owner"] == owner, "value"]
-        assert math.isclose(usage.value, math.fsum(mine), abs_tol=1e-12)
+        assert math.isclose(usage.value, math.fsum(mine), abs_tol=1e-15)
 
     # The receipt's records root is re-derivable from the published leaves.
     rows = zip(records["owner"], records["record_id"], records["visits"], records["value"], strict=True)
     assert records_root(rows) == receipt.records_root
-    assert receipt.valuation["method"] == "knn-shapley"
-    assert receipt.valuation["params"]["k"] == 5
+    assert receipt.valuation["method"] == INRUN_METHOD
+    assert receipt.valuation["params"] == {
+        "epochs": 5,
+        "batch_size": 32,
+        "learning_rate": 0.1,
+        "weight_decay": 1e-4,
+    }
+    assert receipt.valuation["seed"] == 11
     assert receipt.valuation["validation_digest"] == digest_file(job_data.validation_path)
     assert receipt.valuation["validation_accuracy"] == outcome.validation_accuracy > 0.7
 
@@ -156,12 +161,17 @@ def test_unknown_config_and_missing_files_are_refused(job_data: JobData, tmp_pat
         run(job_data.spec(tmp_path / "out", validation_file=str(tmp_path / "nope.csv")))
 
 
-def test_k_override_changes_values(job_data: JobData, tmp_path: Path) -> None:
-    k5 = run(job_data.spec(tmp_path / "a"))
-    k1 = run(job_data.spec(tmp_path / "b", config={"epochs": 5, "knn_k": 1}))
-    assert k1.receipt.valuation["params"]["k"] == 1
-    assert k1.receipt.valuation["digest"] != k5.receipt.valuation["digest"]
-    assert k1.model_digest == k5.model_digest  # k changes valuation only, not training
+def test_a_run_without_in_run_contributions_is_refused(job_data: JobData, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="returned no in-run contributions"):
+        run(job_data.spec(tmp_path / "a", config={"epochs": 5, "inrun": False}))
+    assert not (tmp_path / "a" / "model.pt").exists()
+
+
+def test_training_settings_are_recorded_with_the_contributions(job_data: JobData, tmp_path: Path) -> None:
+    base = run(job_data.spec(tmp_path / "a"))
+    slower = run(job_data.spec(tmp_path / "b", config={"epochs": 5, "learning_rate": 0.05}))
+    assert slower.receipt.valuation["params"]["learning_rate"] == 0.05
+    assert slower.receipt.valuation["digest"] != base.receipt.valuation["digest"]
 
 
 @pytest.mark.parametrize(

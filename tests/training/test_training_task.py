@@ -20,7 +20,7 @@ CONFIG: dict[str, Any] = {
     "batch_size": 32,
     "learning_rate": 0.1,
     "weight_decay": 1e-4,
-    "knn_k": 5,
+    "inrun": True,
     "model_cost": 9,
 }
 

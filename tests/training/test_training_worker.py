@@ -30,7 +30,6 @@ product_id: 1
 svn: 1
 config:
   mode: ok
-  knn_k: 1
 """
 FLAKY_TASK = """\
 import os
@@ -48,6 +47,7 @@ def train(x, y, config, seed, x_val=None, y_val=None):
     return TrainOutput(
         model_state=b"model-" + str(seed).encode(),
         visits=np.ones(len(x), dtype=np.int64),
+        contributions=np.zeros(len(x)),
         embed=lambda rows: np.asarray(rows, dtype=float),
         validation_accuracy=None,
         model_cost=2,

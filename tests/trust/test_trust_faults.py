@@ -193,6 +193,8 @@ def test_a_flagged_compute_claim_moves_no_money():
             payment=90_000,
             receipt=receipt,
             receipt_digest="9a" * 32,
+            values={owner: usage.value for owner, usage in receipt.owners.items()},
+            valuation_receipt_digest="9b" * 32,
         )
         return allocate_job(policy, receipt.period, job)
 
