@@ -30,6 +30,9 @@ ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 enclave_app = typer.Typer(help="Enclave tasks and their measurements.", no_args_is_help=True)
 attest_app = typer.Typer(help="Hardware attestation: check a real SGX/TDX quote.", no_args_is_help=True)
 audit_app = typer.Typer(help="Audit a period from contributed files to transfers.", no_args_is_help=True)
+statement_app = typer.Typer(
+    help="Holders' statements: show one, or re-derive and verify it.", no_args_is_help=True
+)
 contract_app = typer.Typer(
     help="Data contracts: a Great Expectations suite and a schema per kind.", no_args_is_help=True
 )
@@ -39,6 +42,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(enclave_app, name="enclave")
 app.add_typer(contract_app, name="contract")
 app.add_typer(audit_app, name="audit")
+app.add_typer(statement_app, name="statement")
 app.add_typer(attest_app, name="attest")
 
 # Tables need room: when output is not a terminal (CI logs, pipes) rich would assume 80 columns.
@@ -453,9 +457,9 @@ def settle(period: Annotated[str | None, typer.Option(help="Period to settle (YY
     render_settlement(settlement, console)
 
 
-@app.command()
+@statement_app.command("show")
 @reports_errors
-def statement(
+def statement_show(
     holder: Annotated[str, typer.Argument(help="Account holder, e.g. contributor:alice or alice")],
     period: Annotated[str | None, typer.Option(help="Period (YYYY-MM)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON statement")] = False,
@@ -469,6 +473,40 @@ def statement(
         console.print_json(json.dumps(found.to_dict()))
     else:
         console.print(render_statement(found), markup=False)
+
+
+@statement_app.command("verify")
+@reports_errors
+def statement_verify(
+    holder: Annotated[str, typer.Argument(help="Account holder, e.g. contributor:alice or alice")],
+    period: Annotated[
+        str | None, typer.Argument(help="Period (YYYY-MM); the current one when left out")
+    ] = None,
+) -> None:
+    """Re-derive a holder's payout from the signed receipts and the policy; check statement and ledger."""
+    from databright.settlement.statement_check import check_statement
+
+    settings = _settings(period)
+    db = settings.exchange_db()
+    check = check_statement(
+        db,
+        settings.object_store(),
+        holder=holder,
+        period=settings.period,
+        policy=settings.allocation_policy(),
+        statements_dir=settings.statements_dir,
+        verify=settings.receipt_verifier(db),
+        verify_valuation=settings.valuation_verifier(db),
+    )
+    if check.ok:
+        console.print(
+            f"[green]ok[/] — {check.holder} {check.period}: re-derived {format_amount(check.derived_total)} "
+            f"from {check.jobs} job(s) = statement = ledger"
+        )
+        return
+    for failure in check.failures:
+        console.print(f"[red]✗[/] {failure}", markup=True)
+    raise typer.Exit(1)
 
 
 @ledger_app.command("deposit")

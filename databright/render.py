@@ -121,5 +121,6 @@ def render_earnings(
     )
     console.print(
         f"Statements: {statements_dir / settlement.period}   "
-        "Next: `databright ledger verify`, `databright statement alice`."
+        "Next: `databright ledger verify`, `databright statement show alice`, "
+        "`databright statement verify alice`."
     )

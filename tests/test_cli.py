@@ -23,7 +23,7 @@ def test_unknown_dataset_is_one_line_and_exit_1(runner):
 
 
 def test_statement_for_an_unsettled_period_names_the_fix(runner):
-    result = runner.invoke(app, ["statement", "alice"])
+    result = runner.invoke(app, ["statement", "show", "alice"])
     assert result.exit_code == 1
     assert result.output.startswith("SettlementError: ")
     assert "settle the period first" in result.output

@@ -92,12 +92,12 @@ def test_settle_admits_each_receipt_through_intake_once(demo_period, exchange_ho
 
 
 def test_statements_say_simulated_and_match_the_ledger(demo_period, exchange_home):
-    result = CliRunner().invoke(app, ["statement", "alice", "--period", PERIOD, "--json"])
+    result = CliRunner().invoke(app, ["statement", "show", "alice", "--period", PERIOD, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["assurance"] == "simulated"
     assert data["total"] == demo_period.settlement.totals["contributor:alice"]
-    text = CliRunner().invoke(app, ["statement", "contributor:alice", "--period", PERIOD]).output
+    text = CliRunner().invoke(app, ["statement", "show", "contributor:alice", "--period", PERIOD]).output
     assert "simulated" in text
 
 
@@ -187,3 +187,13 @@ def test_valuing_the_period_again_values_nothing_new(demo_period, exchange_home)
     assert demo_period.job.job_id in result.output
     assert [v.job_id for v in value_flow(ValueConfig(period=PERIOD))] == [demo_period.job.job_id]
     assert db.query("SELECT * FROM valuations ORDER BY job_id") == before
+
+
+def test_statement_verify_succeeds_for_every_holder_of_the_demo(demo_period, exchange_home):
+    folder = exchange_home.statements_dir / PERIOD
+    holders = sorted(json.loads(p.read_text())["holder"] for p in folder.glob("*.json"))
+    assert len(holders) >= 5  # three contributors, the provider, the trainer
+    for holder in holders:
+        result = CliRunner().invoke(app, ["statement", "verify", holder, PERIOD])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"ok — {holder} {PERIOD}: re-derived")
