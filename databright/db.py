@@ -33,6 +33,7 @@ _SCHEMA_MODULES = (
     "databright.training.jobs",
     "databright.training.valuation_store",
     "databright.ledger.store",
+    "databright.ledger.audit_log",
     "databright.settlement.store",
 )
 

@@ -8,8 +8,11 @@
   conflicting retries raise ``LedgerConflict``, overdrafts are refused whole. Helpers for the other
   domains: ``deposit``, ``escrow_job_payment``, ``refund_job_payment``, ``balance``,
   ``account_balances``.
-* ``verify`` — ``verify_ledger(db)`` re-checks every invariant from the rows and returns a
-  ``LedgerReport``.
+* ``audit_log`` — the audit chain: every transfer and settlement write appends a hash-chained
+  ``audit_log`` row in its own transaction; ``checkpoint(db, store, load_audit_key(keys_dir))`` signs
+  the RFC 6962 root and exports it to ``audit/checkpoints/``; ``verify_audit_chain`` checks it all.
+* ``verify`` — ``verify_ledger(db, store=..., audit_key=...)`` re-checks every invariant from the rows
+  (the audit chain when given the store and key) and returns a ``LedgerReport``.
 
 Typical use::
 
@@ -32,6 +35,14 @@ from databright.ledger.accounts import (
     provider_account,
     trainer_account,
 )
+from databright.ledger.audit_log import (
+    AuditChainReport,
+    Checkpoint,
+    audit_public_key,
+    checkpoint,
+    load_audit_key,
+    verify_audit_chain,
+)
 from databright.ledger.store import (
     Ledger,
     account_balances,
@@ -53,20 +64,26 @@ __all__ = [
     "SETTLE_CODES",
     "Account",
     "AccountKind",
+    "AuditChainReport",
     "Check",
+    "Checkpoint",
     "Ledger",
     "LedgerReport",
     "Transfer",
     "TransferCode",
     "account_balances",
     "account_for",
+    "audit_public_key",
     "balance",
+    "checkpoint",
     "contributor_account",
     "deposit",
     "escrow_job_payment",
+    "load_audit_key",
     "provider_account",
     "refund_job_payment",
     "trainer_account",
     "transfer_id_for",
+    "verify_audit_chain",
     "verify_ledger",
 ]

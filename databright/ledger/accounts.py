@@ -6,6 +6,12 @@ accounts (``escrow``, ``data_pool``, ``compute_pool``, ``exchange_fee``). ``exte
 the other side of every deposit: money entering the exchange from outside, so it is the one account
 allowed to run a debit balance (it goes as negative as the exchange holds money).
 
+``carry_over:<kind>.<holder>`` (``carry_over:contributor.alice``) holds what a contributor or
+provider earned but was not paid because their period total stayed below the policy's minimum
+payout: the payout moves there from the holder's account and back in the period whose total
+reaches the minimum (``databright.settlement.allocation.carry_over_moves``). One account per holder,
+so the ledger itself says how much is carried for whom, and it is flagged like the rest.
+
 Like TigerBeetle, the ledger stores no balances: an account's balance is its credits minus its
 debits, computed from the transfers. Every account here except ``external:*`` carries the flag
 ``debits_must_not_exceed_credits``, so ``Ledger.post`` refuses a transfer that would overdraw it.
@@ -14,6 +20,7 @@ debits, computed from the transfers. Every account here except ``external:*`` ca
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -39,6 +46,7 @@ class AccountKind(StrEnum):
     COMPUTE_POOL = "compute_pool"
     EXCHANGE_FEE = "exchange_fee"
     EXTERNAL = "external"
+    CARRY_OVER = "carry_over"
 
 
 _HOLDER_KINDS = (AccountKind.TRAINER, AccountKind.CONTRIBUTOR, AccountKind.PROVIDER, AccountKind.EXTERNAL)
@@ -93,6 +101,9 @@ def account_for(account_id: str) -> Account:
     if account_id in _SYSTEM_KINDS:
         return Account(account_id, _SYSTEM_KINDS[account_id])
     kind_text, sep, holder = account_id.partition(":")
+    if kind_text == AccountKind.CARRY_OVER.value and sep:
+        carried_holder(account_id)  # refuses a malformed carry-over id with its own message
+        return Account(account_id, AccountKind.CARRY_OVER)
     kinds = {k.value: k for k in _HOLDER_KINDS}
     if not sep or kind_text not in kinds:
         raise LedgerError(
@@ -104,3 +115,51 @@ def account_for(account_id: str) -> Account:
     _check_holder(kind, holder)
     # Money that enters from outside has no balance to protect; every other account does.
     return Account(account_id, kind, debits_must_not_exceed_credits=kind is not AccountKind.EXTERNAL)
+
+
+# --- carry-over of sub-minimum payouts ----------------------------------------------------------
+
+#: The kinds whose payouts can be held back under a minimum payout: the ones settlement pays.
+CARRIED_KINDS = (AccountKind.CONTRIBUTOR, AccountKind.PROVIDER)
+
+
+def carry_over_account(holder_account: str) -> str:
+    """``contributor:alice`` -> ``carry_over:contributor.alice``, the account that holds alice's
+    sub-minimum payouts. ``.`` joins kind and holder because ``:`` is the kind separator; kind names
+    have no ``.``, so the first ``.`` splits them back unambiguously."""
+    account = account_for(holder_account)
+    if account.kind not in CARRIED_KINDS:
+        raise LedgerError(
+            f"{holder_account!r} is a {account.kind.value} account; only contributor and provider payouts "
+            "are carried over under a minimum payout",
+            account=holder_account,
+        )
+    return f"{AccountKind.CARRY_OVER.value}:{account.kind.value}.{account.holder}"
+
+
+def carried_holder(carry_account: str) -> str:
+    """``carry_over:contributor.alice`` -> ``contributor:alice``: whose money a carry-over account holds."""
+    prefix = f"{AccountKind.CARRY_OVER.value}:"
+    kind_text, dot, holder = carry_account.removeprefix(prefix).partition(".")
+    kinds = {k.value: k for k in CARRIED_KINDS}
+    if not carry_account.startswith(prefix) or not dot or kind_text not in kinds:
+        raise LedgerError(
+            f"{carry_account!r} is not a carry-over account id; write 'carry_over:contributor.<id>' or "
+            "'carry_over:provider.<id>' (build it with carry_over_account('contributor:<id>'))",
+            account=carry_account,
+        )
+    return f"{kind_text}:{_check_holder(kinds[kind_text], holder)}"
+
+
+def carried_balances(balances: Mapping[str, int]) -> dict[str, int]:
+    """What is carried for whom, from account balances (``Ledger.balances()`` or any subset of it):
+    holder account -> positive carry-over balance, sorted by holder. Other accounts are ignored."""
+    prefix = f"{AccountKind.CARRY_OVER.value}:"
+    carried = {carried_holder(a): int(b) for a, b in balances.items() if a.startswith(prefix) and b}
+    negative = {h: b for h, b in carried.items() if b < 0}
+    if negative:
+        raise LedgerError(
+            f"carry-over balances {negative} are negative, but carry-over accounts may never be "
+            "overdrawn; run `databright ledger verify` and correct the transfers it names"
+        )
+    return dict(sorted(carried.items()))

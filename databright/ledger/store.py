@@ -2,7 +2,8 @@
 
 Rows are only ever inserted — never updated or deleted — so the transfers table *is* the history;
 a correction is a reversing transfer. ``Ledger.post`` runs inside the caller's transaction so a
-settlement's transfers and its state change commit together. Balances are computed in SQL as
+settlement's transfers and its state change commit together, and so does each transfer's entry in
+the audit chain (``audit_log``). Balances are computed in SQL as
 HUGEINT and come back as Python ints; money never passes through a DataFrame or a float.
 """
 
@@ -22,6 +23,7 @@ from databright.ledger.accounts import (
     account_for,
     trainer_account,
 )
+from databright.ledger.audit_log import record_transfers
 from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, check_amount
 from databright.money import format_minor
 
@@ -162,11 +164,14 @@ class Ledger:
         self._check_funds(con, new, accounts)
 
         now = dt.datetime.now(dt.UTC)
+        inserted = [[*t.row(), now] for t in new]
         con.executemany(
             f"INSERT INTO transfers ({_TRANSFER_COLUMNS}, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [[*t.row(), now] for t in new],
+            inserted,
         )
+        # In the same transaction: the transfers and their audit entries commit together or not at all.
+        record_transfers(con, inserted)
         return new
 
     def _existing(self, con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Transfer]:

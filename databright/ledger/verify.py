@@ -9,7 +9,11 @@ the rows, so a bug, a manual ``INSERT`` or a damaged file shows up as a named fa
 * per-job conservation — the data, compute and fee legs out of escrow for a settled job add up to
   the job's payment exactly, and each job's pool credits are paid out in full;
 * pools empty — the data pool and the compute pool net to zero after payouts;
-* escrow — escrow holds exactly the payments of the jobs that are escrowed and not yet settled.
+* escrow — escrow holds exactly the payments of the jobs that are escrowed and not yet settled;
+* audit chain (given the object store and the audit public key) — the hash chain recomputes, every
+  transfer, settlement and allocation row matches its entry, and the log agrees with every signed
+  checkpoint (``databright.ledger.audit_log.verify_audit_chain``). A ledger with a posted settlement
+  but no checkpoint fails it.
 """
 
 from __future__ import annotations
@@ -17,15 +21,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from databright.crypto import PublicKey
 from databright.db import ExchangeDB
-from databright.errors import LedgerInvariantBroken
+from databright.errors import LedgerError, LedgerInvariantBroken
 from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW
+from databright.ledger.audit_log import verify_audit_chain
 from databright.ledger.store import BALANCE_SQL
 from databright.ledger.transfers import SETTLE_CODES, TransferCode
 from databright.money import format_minor
 
 if TYPE_CHECKING:
     import duckdb
+
+    from databright.storage.objectstore import ObjectStore
 
 
 @dataclass(frozen=True)
@@ -240,8 +248,26 @@ def _escrow_matches(con: duckdb.DuckDBPyConnection) -> list[Check]:
     return [Check("escrow", False, detail)]
 
 
-def verify_ledger(db: ExchangeDB) -> LedgerReport:
-    """Run every ledger check and return the report (``report.ok``, ``report.failures``)."""
+def _audit_chain(db: ExchangeDB, store: ObjectStore, audit_key: PublicKey) -> list[Check]:
+    report = verify_audit_chain(db, store, audit_key)
+    if report.ok:
+        return [Check("audit_chain", True, report.summary)]
+    return [Check("audit_chain", False, problem) for problem in report.problems]
+
+
+def verify_ledger(
+    db: ExchangeDB, *, store: ObjectStore | None = None, audit_key: PublicKey | None = None
+) -> LedgerReport:
+    """Run every ledger check and return the report (``report.ok``, ``report.failures``).
+
+    With ``store`` and ``audit_key`` (``audit_public_key(settings.keys_dir)``) the audit chain is
+    checked too, against the checkpoints exported to that store.
+    """
+    if (store is None) != (audit_key is None):
+        raise LedgerError(
+            "verify_ledger checks the audit chain with both the object store and the audit public key; "
+            "pass store= and audit_key= together, or neither"
+        )
     with db.connect() as con:
         checks = [
             *_ledger_balance(con),
@@ -250,4 +276,6 @@ def verify_ledger(db: ExchangeDB) -> LedgerReport:
             *_pools_empty(con),
             *_escrow_matches(con),
         ]
+    if store is not None and audit_key is not None:
+        checks += _audit_chain(db, store, audit_key)
     return LedgerReport(tuple(checks))

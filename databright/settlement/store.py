@@ -8,6 +8,9 @@ create it: the second finds the first's row and follows its state. States move f
 
 Allocations of a proposal may be replaced while the period is not posted (a re-run recomputes
 them); once the period is posted its rows are final, like the ledger's.
+
+Every change to a period's row and every replacement of its allocations is appended to the audit
+chain (``databright.ledger.audit_log``) in the caller's transaction, so it commits with the write.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from databright.errors import SettlementError
+from databright.ledger.audit_log import record_allocations, record_settlement
 from databright.settlement.allocation import Allocation
 
 if TYPE_CHECKING:
@@ -101,6 +105,7 @@ def claim(con: duckdb.DuckDBPyConnection, period: str) -> SettlementRow:
     row = read_settlement(con, period)
     if row is None:  # the INSERT above cannot leave the period without a row
         raise SettlementError(f"period {period}: claiming it left no settlements row; check the database")
+    record_settlement(con, period)
     return row
 
 
@@ -131,6 +136,7 @@ def advance(con: duckdb.DuckDBPyConnection, period: str, state: str, **columns: 
             f"period {period} cannot move to {state!r}: it is posted or was never claimed; "
             "a posted period is final — correct it with reversing transfers in a later period"
         )
+    record_settlement(con, period)
 
 
 def replace_allocations(con: duckdb.DuckDBPyConnection, period: str, rows: Sequence[Allocation]) -> None:
@@ -145,6 +151,7 @@ def replace_allocations(con: duckdb.DuckDBPyConnection, period: str, rows: Seque
         "INSERT INTO allocations VALUES (?, ?, ?, ?, ?, ?, ?)",
         [[a.period, a.job_id, a.holder, a.role, a.basis, a.weight, a.amount] for a in rows],
     )
+    record_allocations(con, period)
 
 
 def read_allocations(con: duckdb.DuckDBPyConnection, period: str) -> list[Allocation]:
