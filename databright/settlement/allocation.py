@@ -1,12 +1,22 @@
-"""Per-job allocation: who receives which part of one job's payment, and why.
+"""Per-job allocation: who receives which part of one job's payment, and why; then the period's
+minimum payout.
 
 The payment splits by the policy into data, compute and fee parts (largest remainder over basis
 points). The data part is split among the dataset's owners in proportion to the quantized value of
 their records for this job, as signed by the attested value task in the job's valuation receipt
 (the usage receipt says who was read and how often, not what it was worth); if no owner has a
-positive value, it is
-split by rows used instead, and the allocation's ``basis`` says which. The compute part goes to the
+positive value, it is split by rows used instead, and the allocation's ``basis`` says which. Values
+are clipped at zero in one place only, ``databright.valuation.quantize.quantize_weights``.
+
+Under a usage floor (policy ``usage_floor_bps`` > 0) the data part first splits into a
+``usage_floor`` part, paid by rows used, and a ``value`` part paid as above, so every owner whose
+rows were used gets two data rows, one per basis. At ``usage_floor_bps = 0`` there are no
+``usage_floor`` rows and the rows are exactly those of policy v1. The compute part goes to the
 provider whose attested worker ran the job; the fee to ``exchange_fee``.
+
+Minimum payout works on the period's totals, not on jobs: ``apply_minimum_payout`` decides who is
+paid and who is carried to the next period, and ``carry_over_moves`` names the ledger movements
+(holder -> ``carry_over:<kind>.<id>`` and back) that record it.
 
 Settlement code sees receipts only through ``ReceiptLike``, the fields of
 ``databright.trust.receipts.UsageReceipt`` that it reads, so it stays independent of how receipts
@@ -15,13 +25,18 @@ are parsed and verified.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from databright.crypto import canonical_json, merkle_root_hex
 from databright.errors import DatabrightError, SettlementError
-from databright.ledger.accounts import EXCHANGE_FEE, contributor_account, provider_account
+from databright.ledger.accounts import (
+    EXCHANGE_FEE,
+    carry_over_account,
+    contributor_account,
+    provider_account,
+)
 from databright.settlement.policy import AllocationPolicy
 from databright.settlement.rounding import largest_remainder
 from databright.valuation.quantize import quantize_weights
@@ -106,7 +121,7 @@ class Allocation:
     job_id: str
     holder: str  # ledger account id
     role: str  # data | compute | fee
-    basis: str  # value | rows_used | work_units | policy
+    basis: str  # usage_floor | value | rows_used | work_units | policy
     weight: int
     amount: int
 
@@ -177,23 +192,50 @@ def settled_job(
     )
 
 
+def _usage_floor_rows(
+    period: str, job: SettledJob, amount: int, rows_used: dict[str, int]
+) -> tuple[list[Allocation], int]:
+    """The ``usage_floor`` rows of a job, and what of ``amount`` they leave to the value part.
+
+    With no rows used at all there is nothing to split the floor by: every owner gets a zero
+    ``usage_floor`` row (so the statement still shows the basis) and the floor joins the value part.
+    """
+    if sum(rows_used.values()) == 0:
+        parts, left = dict.fromkeys(rows_used, 0), amount
+    else:
+        parts, left = largest_remainder(amount, rows_used), 0
+    rows = [
+        Allocation(period, job.job_id, holder, "data", "usage_floor", rows_used[holder], part)
+        for holder, part in parts.items()
+    ]
+    return rows, left
+
+
 def allocate_job(policy: AllocationPolicy, period: str, job: SettledJob) -> list[Allocation]:
-    """The allocation rows of one job: data per owner, compute to the provider, the fee."""
+    """The allocation rows of one job: data per owner (usage floor, then value), compute to the
+    provider, the fee. Each amount is the floor or ceiling of its exact share of its part."""
     split = policy.split_payment(job.payment)
+    rows_used = {contributor_account(o.owner): o.rows_used for o in job.owners}
     by_value = {contributor_account(o.owner): o.weight for o in job.owners}
+    rows: list[Allocation] = []
+    value_part = split["data"]
+    if policy.usage_floor_bps:
+        data = policy.split_data(split["data"])
+        rows, left = _usage_floor_rows(period, job, data["usage_floor"], rows_used)
+        value_part = data["value"] + left
     if sum(by_value.values()) > 0:
         basis, weights = "value", by_value
     else:
-        basis, weights = "rows_used", {contributor_account(o.owner): o.rows_used for o in job.owners}
+        basis, weights = "rows_used", rows_used
         if sum(weights.values()) == 0:
             raise SettlementError(
                 f"job {job.job_id}: every owner has zero value and zero rows used, so its data share "
                 f"of {split['data']} minor units has no basis; the receipt must record the rows used",
                 job_id=job.job_id,
             )
-    rows = [
+    rows += [
         Allocation(period, job.job_id, holder, "data", basis, weights[holder], amount)
-        for holder, amount in largest_remainder(split["data"], weights).items()
+        for holder, amount in largest_remainder(value_part, weights).items()
     ]
     rows.append(
         Allocation(
@@ -212,9 +254,132 @@ def allocate_job(policy: AllocationPolicy, period: str, job: SettledJob) -> list
 
 def sort_allocations(rows: list[Allocation]) -> list[Allocation]:
     order = {"data": 0, "compute": 1, "fee": 2}
-    return sorted(rows, key=lambda a: (a.job_id, order[a.role], a.holder))
+    # basis last: under a usage floor a holder has two data rows per job; under v1 (one row per
+    # job, role and holder) it never decides, so v1 roots are unchanged.
+    return sorted(rows, key=lambda a: (a.job_id, order[a.role], a.holder, a.basis))
 
 
 def allocation_root(rows: list[Allocation]) -> str:
     """RFC 6962 Merkle root over the canonical JSON of the rows, in settlement order."""
     return merkle_root_hex([canonical_json(a.to_dict()) for a in sort_allocations(rows)])
+
+
+# --- the period's payouts: minimum payout and carry-over ------------------------------------------
+
+
+def payout_totals(allocations: Iterable[Allocation]) -> dict[str, int]:
+    """What each paid holder earned in the period (data and compute rows; the fee is the exchange's
+    own and never held back), by holder account id, sorted, zero totals left out."""
+    totals: dict[str, int] = {}
+    for a in allocations:
+        if a.role != "fee" and a.amount:
+            totals[a.holder] = totals.get(a.holder, 0) + a.amount
+    return dict(sorted(totals.items()))
+
+
+def _amounts(amounts: Mapping[str, int], what: str) -> dict[str, int]:
+    checked: dict[str, int] = {}
+    for holder, amount in amounts.items():
+        if not isinstance(holder, str) or not holder:
+            raise SettlementError(f"{what}: holder {holder!r} is not an account id string")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise SettlementError(
+                f"{what}: {holder!r} has {amount!r}; amounts are ints of minor units >= 0 (never floats)"
+            )
+        checked[holder] = amount
+    return checked
+
+
+def apply_minimum_payout(
+    totals_by_holder: Mapping[str, int], carried_in: Mapping[str, int], minimum: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Who is paid this period and what is carried to the next: ``(payable, carried_out)``.
+
+    A holder's due is their period total plus what was carried in from earlier periods. A due of at
+    least ``minimum`` is paid whole (``payable``); a smaller positive due is carried whole
+    (``carried_out``) and paid in the first period whose due reaches the minimum. No holder is in
+    both; zero dues are in neither. Exact: ``sum(payable) + sum(carried_out) == sum(totals) +
+    sum(carried_in)``, and the result does not depend on the order of either mapping (keys sorted).
+    """
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 0:
+        raise SettlementError(
+            f"minimum payout {minimum!r} is not an int of minor units >= 0; set minimum_payout in the "
+            "allocation policy (0 pays every holder every period)"
+        )
+    totals = _amounts(totals_by_holder, "period totals")
+    carried = _amounts(carried_in, "carried-in amounts")
+    payable: dict[str, int] = {}
+    carried_out: dict[str, int] = {}
+    for holder in sorted(totals.keys() | carried.keys()):
+        due = totals.get(holder, 0) + carried.get(holder, 0)
+        if due == 0:
+            continue
+        if due >= minimum:
+            payable[holder] = due
+        else:
+            carried_out[holder] = due
+    return payable, carried_out
+
+
+@dataclass(frozen=True)
+class CarryMove:
+    """One ledger movement of the carry-over, ready for ``Transfer.create(key, ...)``.
+
+    ``kind`` is ``carry_over`` (this period's payout, already credited to the holder by the
+    per-job payout transfers, moves on to the holder's carry-over account) or ``carry_release``
+    (what earlier periods carried moves back to the holder, who is paid this period).
+    """
+
+    kind: str  # carry_over | carry_release
+    holder: str  # the contributor or provider account
+    debit_account: str
+    credit_account: str
+    amount: int
+    key: dict[str, str]  # idempotency key: one move per kind, period and holder
+    memo: str
+
+
+def carry_over_moves(
+    period: str, totals_by_holder: Mapping[str, int], carried_in: Mapping[str, int], minimum: int
+) -> list[CarryMove]:
+    """The carry-over movements of one period, sorted by holder, releases before carries.
+
+    Post them in the same transaction as, and after, the period's per-job payouts: a carry debits
+    the holder's account, which those payouts have just credited. With ``minimum`` 0 and nothing
+    carried in there are none, so a v1 settlement posts exactly what it posted before.
+    """
+    if not isinstance(period, str) or not period:
+        raise SettlementError(f"period {period!r} is empty; name the period (YYYY-MM) being settled")
+    payable, carried_out = apply_minimum_payout(totals_by_holder, carried_in, minimum)
+    moves: list[CarryMove] = []
+    for holder in sorted(payable):
+        released = carried_in.get(holder, 0)
+        if released:
+            moves.append(
+                CarryMove(
+                    "carry_release",
+                    holder,
+                    carry_over_account(holder),
+                    holder,
+                    released,
+                    {"kind": "carry_release", "period": period, "holder": holder},
+                    f"release of earlier periods' carried payouts to {holder}: due {payable[holder]} "
+                    f">= minimum payout {minimum}",
+                )
+            )
+    for holder in sorted(carried_out):
+        earned = totals_by_holder.get(holder, 0)
+        if earned:
+            moves.append(
+                CarryMove(
+                    "carry_over",
+                    holder,
+                    holder,
+                    carry_over_account(holder),
+                    earned,
+                    {"kind": "carry_over", "period": period, "holder": holder},
+                    f"payout of {holder} carried to the next period: due {carried_out[holder]} < minimum "
+                    f"payout {minimum}",
+                )
+            )
+    return moves

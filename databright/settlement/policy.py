@@ -4,6 +4,17 @@ The policy is versioned and digested: the digest of its canonical JSON goes into
 settlement's inputs digest, so a period settled under one policy can never be silently re-settled
 under another. Shares are basis points that must add up to 10 000; the split of a payment uses
 largest remainder over those basis points, so it is exact in integer minor units.
+
+Version 2 keys (``policies/allocation.v2.example.yaml``), both 0 by default:
+
+* ``usage_floor_bps`` — that part of each job's data share is split by rows used and only the rest
+  by value (``split_data``), so data that was used never earns exactly zero through valuation noise.
+* ``minimum_payout`` — minor units; a holder whose period total plus what was carried in stays below
+  it is not paid this period and the amount is carried over
+  (:func:`databright.settlement.allocation.apply_minimum_payout`).
+
+A key at its default is left out of ``to_dict`` and so of the digest: a v1 file means exactly what it
+meant before these keys existed, and keeps the digest (and the settled periods) it had.
 """
 
 from __future__ import annotations
@@ -23,6 +34,9 @@ TOTAL_BPS = 10_000
 #: The three parts of every payment, in the order they are posted and shown.
 ROLES = ("data", "compute", "fee")
 
+#: Keys added after v1 and their defaults; at the default they are left out of the digest.
+V2_DEFAULTS: dict[str, int] = {"usage_floor_bps": 0, "minimum_payout": 0}
+
 
 @dataclass(frozen=True)
 class AllocationPolicy:
@@ -33,11 +47,20 @@ class AllocationPolicy:
     fee_bps: int = 1000
     currency: str = "DBX"
     minor_units_per_unit: int = 1_000_000
+    usage_floor_bps: int = 0
+    minimum_payout: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"allocation policy name {self.name!r} is empty; give the policy a name")
-        numbers = ("version", "data_share_bps", "compute_share_bps", "fee_bps", "minor_units_per_unit")
+        numbers = (
+            "version",
+            "data_share_bps",
+            "compute_share_bps",
+            "fee_bps",
+            "minor_units_per_unit",
+            *V2_DEFAULTS,
+        )
         for field_name in numbers:
             value = getattr(self, field_name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -55,6 +78,12 @@ class AllocationPolicy:
             raise ConfigError(
                 f"allocation policy {self.name!r}: minor_units_per_unit = {self.minor_units_per_unit} "
                 "must be a power of ten (1, 100, 1000000, ...) so amounts print as exact decimals"
+            )
+        if self.usage_floor_bps > TOTAL_BPS:
+            raise ConfigError(
+                f"allocation policy {self.name!r}: usage_floor_bps = {self.usage_floor_bps} is more than "
+                f"{TOTAL_BPS} (all of the data share); use 0 (pay by value only) up to {TOTAL_BPS} "
+                "(pay by rows used only)"
             )
         if not isinstance(self.currency, str) or not self.currency.isalnum():
             raise ConfigError(f"allocation policy {self.name!r}: currency {self.currency!r} is not a label")
@@ -96,7 +125,12 @@ class AllocationPolicy:
 
     # --- identity ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The policy's keys; v2 keys at their default (0) are left out so v1 digests never move."""
+        data = asdict(self)
+        for key, default in V2_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
+        return data
 
     @property
     def digest(self) -> str:
@@ -113,6 +147,16 @@ class AllocationPolicy:
         return largest_remainder(
             payment,
             {"data": self.data_share_bps, "compute": self.compute_share_bps, "fee": self.fee_bps},
+        )
+
+    def split_data(self, data_share: int) -> dict[str, int]:
+        """A data share's ``usage_floor`` part (split by rows used) and ``value`` part (split by value).
+
+        Largest remainder over ``usage_floor_bps`` and the rest of 10 000, so the two add up to the
+        data share exactly; at ``usage_floor_bps = 0`` the value part is the whole share.
+        """
+        return largest_remainder(
+            data_share, {"usage_floor": self.usage_floor_bps, "value": TOTAL_BPS - self.usage_floor_bps}
         )
 
     @property

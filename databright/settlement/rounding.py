@@ -2,8 +2,15 @@
 
 Splitting ``total`` minor units by integer weights ``w_k`` (sum ``W``) gives each key its floor
 ``total * w_k // W``; the few units left over (fewer than the number of keys) go one each to the
-keys with the largest remainders ``total * w_k % W``. Ties are broken by key (sorted ascending),
-never by dict order, so the same weights always give the same parts however they were built.
+keys with the largest remainders ``total * w_k % W``.
+
+Tie-break: keys with equal remainders are taken in ascending key order (Python ``str`` order, i.e.
+by code point: ``"contributor:B" < "contributor:a" < "contributor:b"``), never by dict order, so the
+same weights always give the same parts however they were built. Settlement keys are ledger account
+ids, so among equal remainders the holder whose id sorts first gets the extra unit:
+``largest_remainder(2, {"contributor:c": 1, "contributor:a": 1, "contributor:b": 1})`` pays ``a``
+and ``b`` one unit each and ``c`` nothing. The rule is public (statements can explain it) and
+cannot be gamed by the order in which receipts arrive.
 
 Guarantees, all tested as properties: the parts sum to ``total`` exactly; each part is the floor or
 the ceiling of its exact share ``total * w_k / W``; a zero weight gets zero.
@@ -28,7 +35,11 @@ def _check_int(value: object, what: str) -> int:
 
 
 def largest_remainder(total: int, weights: Mapping[str, int]) -> dict[str, int]:
-    """Split ``total`` in proportion to ``weights``; the parts come back in the input's key order."""
+    """Split ``total`` in proportion to ``weights``; the parts come back in the input's key order.
+
+    Leftover units go to the largest remainders, equal remainders in ascending key order (see the
+    module docstring); the parts do not depend on the order of ``weights``.
+    """
     _check_int(total, "total")
     for key, weight in weights.items():
         if not isinstance(key, str):
