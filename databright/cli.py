@@ -30,6 +30,7 @@ ledger_app = typer.Typer(help="The double-entry ledger.", no_args_is_help=True)
 enclave_app = typer.Typer(help="Enclave tasks and their measurements.", no_args_is_help=True)
 attest_app = typer.Typer(help="Hardware attestation: check a real SGX/TDX quote.", no_args_is_help=True)
 audit_app = typer.Typer(help="Audit a period from contributed files to transfers.", no_args_is_help=True)
+settle_app = typer.Typer(help="Settle a period: propose, review, approve or reject, post.")
 statement_app = typer.Typer(
     help="Holders' statements: show one, or re-derive and verify it.", no_args_is_help=True
 )
@@ -43,6 +44,7 @@ app.add_typer(enclave_app, name="enclave")
 app.add_typer(contract_app, name="contract")
 app.add_typer(audit_app, name="audit")
 app.add_typer(statement_app, name="statement")
+app.add_typer(settle_app, name="settle")
 app.add_typer(attest_app, name="attest")
 
 # Tables need room: when output is not a terminal (CI logs, pipes) rich would assume 80 columns.
@@ -443,18 +445,73 @@ def value(period: Annotated[str | None, typer.Option(help="Period to value (YYYY
         )
 
 
-@app.command()
+@settle_app.callback(invoke_without_command=True)
 @reports_errors
-def settle(period: Annotated[str | None, typer.Option(help="Period to settle (YYYY-MM)")] = None) -> None:
-    """Verify the period's receipts, split every payment and post it to the ledger."""
+def settle(
+    ctx: typer.Context,
+    period: Annotated[str | None, typer.Option(help="Period to settle (YYYY-MM)")] = None,
+    approver: Annotated[
+        str | None,
+        typer.Option(help="Approve the proposal as NAME and post it now (no separate review)"),
+    ] = None,
+) -> None:
+    """Propose the period's settlement for review; with --approver, approve and post it at once."""
+    if ctx.invoked_subcommand is not None:
+        return
     settings = _settings(period)
     _use_prefect(settings)
+    from databright.render import render_settlement
     from flows.settle import SettleConfig, settle_flow
 
-    settlement = settle_flow(SettleConfig(period=settings.period))
-    from databright.render import render_settlement
+    if approver is not None:
+        config = SettleConfig(period=settings.period, review=False, approver=approver)
+        render_settlement(settle_flow(config), console)
+        return
+    from flows.settle import propose_for
 
-    render_settlement(settlement, console)
+    proposal = propose_for(settings, settings.period)
+    console.print(proposal.summary_markdown(), markup=False)
+    console.print(
+        f"Nothing is posted yet. Approve: `databright settle approve {settings.period} --approver NAME`; "
+        f"reject: `databright settle reject {settings.period} --approver NAME --reason TEXT`."
+    )
+
+
+def _review(period: str, decision: str, approver: str, reason: str) -> None:
+    settings = _settings(period)
+    _use_prefect(settings)
+    from databright.render import render_settlement
+    from flows.settle import review_period
+
+    outcome = review_period(settings.period, decision, approver, reason)
+    if outcome.flow_run_id is not None:
+        console.print(f"resumed the paused settle run {outcome.flow_run_id}: it will {decision} {period}")
+    elif outcome.settlement is not None:
+        render_settlement(outcome.settlement, console)
+    else:
+        console.print(f"period {outcome.period} is {outcome.state}; nothing was posted")
+
+
+@settle_app.command("approve")
+@reports_errors
+def settle_approve(
+    period: Annotated[str, typer.Argument(help="Period (YYYY-MM)")],
+    approver: Annotated[str, typer.Option(help="Who approves (recorded with the posting)")],
+    reason: Annotated[str, typer.Option(help="A note kept with the approval")] = "",
+) -> None:
+    """Approve the proposed settlement and post it (resumes a paused settle run if one waits)."""
+    _review(period, "approve", approver, reason)
+
+
+@settle_app.command("reject")
+@reports_errors
+def settle_reject(
+    period: Annotated[str, typer.Argument(help="Period (YYYY-MM)")],
+    approver: Annotated[str, typer.Option(help="Who rejects")],
+    reason: Annotated[str, typer.Option(help="Why (required; kept with the period)")],
+) -> None:
+    """Reject the proposed settlement: nothing is posted (resumes a paused settle run if one waits)."""
+    _review(period, "reject", approver, reason)
 
 
 @statement_app.command("show")
@@ -529,9 +586,17 @@ def ledger_deposit(
 @reports_errors
 def ledger_verify() -> None:
     """Check every ledger invariant; exit 1 if any is broken."""
-    from databright.ledger import verify_ledger
+    from databright.ledger import audit_public_key, verify_ledger
+    from databright.ledger.audit_log import AUDIT_KEY_FILE
 
-    report = verify_ledger(_settings().exchange_db())
+    settings = _settings()
+    # A home that never settled has no audit key yet, and nothing for a checkpoint to cover.
+    audited = (settings.keys_dir / AUDIT_KEY_FILE).is_file()
+    report = verify_ledger(
+        settings.exchange_db(),
+        store=settings.object_store() if audited else None,
+        audit_key=audit_public_key(settings.keys_dir) if audited else None,
+    )
     for check in report.checks:
         if check.ok:
             console.print(f"[green]✓[/] {check.detail}")

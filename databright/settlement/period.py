@@ -1,55 +1,65 @@
-"""``settle_period``: pay out one period's completed jobs, exactly once, or not at all.
+"""A period's settlement in three steps, so that no money moves before someone approved it.
 
-    claim the period -> load completed jobs -> verify every receipt, through receipt intake when
-    given one, and every job's signed valuation (one failure rejects the period)
-    -> allocate each job's payment -> inputs digest + allocation root -> approve -> post every
-    transfer in ONE transaction -> posted -> statements
+    propose_period: claim -> verify every receipt and signed valuation -> allocate
+                    -> valued (inputs digest) -> proposed (allocation root, allocation rows)
+    approve_period / reject_period (``review``): a reviewer's decision on that allocation root
+    post_period:    re-verify -> inputs digest and allocation root unchanged since approval
+                    -> every transfer and the move to ``posted`` in ONE transaction -> statements
+
+``settle_period`` composes the three (approving as ``approver``) for callers with nobody to ask.
 
 Idempotent: transfer ids derive from (period, job, leg, holder) and the period's row holds the
 inputs digest, so re-running a posted period with the same inputs returns the same ``Settlement``
-and posts nothing, while different inputs raise ``SettlementConflict``. Atomic: the transfers and
-the move to ``posted`` commit together. Verification runs outside any database transaction because
-the injected ``verify`` may read the database itself.
+and posts nothing, while different inputs raise ``SettlementConflict``. Proposing unchanged inputs
+again keeps the proposal and any approval of it; changed inputs replace the proposal and void the
+approval. Atomic: the transfers and the move to ``posted`` commit together.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from databright.crypto import digest_json
+from databright.crypto import SigningKey
 from databright.db import ExchangeDB
-from databright.errors import DatabrightError, ReceiptRejected, SettlementConflict, SettlementError
+from databright.errors import SettlementConflict, SettlementError
 from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, EXCHANGE_FEE
+from databright.ledger.audit_log import checkpoint
 from databright.ledger.store import Ledger
 from databright.ledger.transfers import Transfer, TransferCode
-from databright.money import format_minor
 from databright.provenance.record import record_settlement
 from databright.provenance.statements import ProvenanceLog
 from databright.settlement import store as rows
-from databright.settlement.allocation import (
-    Allocation,
-    ReceiptLike,
-    SettledJob,
-    allocate_job,
-    allocation_root,
-    settled_job,
-    sort_allocations,
+from databright.settlement.allocation import Allocation, sort_allocations
+from databright.settlement.inputs import (
+    JobRow,
+    VerifiedInputs,
+    Verify,
+    VerifyValuation,
+    completed_jobs,
+    inputs_digest,
+    jobs_to_settle,
+    verify_inputs,
 )
 from databright.settlement.policy import AllocationPolicy
-from databright.settlement.result import Settlement, check_period
+from databright.settlement.result import Proposal, Settlement, check_period
+from databright.settlement.review import AUTO_APPROVER, approve_period, check_reviewer, rejected_in_review
 from databright.settlement.statements import write_statements
 from databright.storage.objectstore import ObjectStore
-from databright.training.valuation_store import get_valuation, load_valuation_envelope
-from databright.trust.intake import ReceiptIntake, Rejection
-from databright.trust.valuation_receipts import ValuationLike, check_binding
+from databright.trust.intake import ReceiptIntake
 
-Verify = Callable[[dict[str, Any]], ReceiptLike]
-VerifyValuation = Callable[[dict[str, Any]], ValuationLike]
+__all__ = [
+    "JobRow",
+    "Verify",
+    "VerifyValuation",
+    "completed_jobs",
+    "inputs_digest",
+    "post_period",
+    "propose_period",
+    "settle_period",
+    "settlement_transfers",
+]
 
 _LEGS = {
     "data": (DATA_POOL, TransferCode.SETTLE_DATA),
@@ -58,220 +68,7 @@ _LEGS = {
 }
 
 
-@dataclass(frozen=True)
-class JobRow:
-    job_id: str
-    trainer_id: str
-    dataset: str
-    dataset_version: int
-    payment: int
-    provider_id: str | None
-    receipt_key: str | None
-    work_units: int | None
-
-
-def completed_jobs(db: ExchangeDB, period: str) -> list[JobRow]:
-    found = db.query(
-        """SELECT job_id, trainer_id, dataset, dataset_version, payment, provider_id, receipt_key, work_units
-           FROM jobs WHERE period = ? AND status = 'completed' ORDER BY job_id""",
-        [period],
-    )
-    return [
-        JobRow(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], r[6], None if r[7] is None else int(r[7]))
-        for r in found
-    ]
-
-
-# --- receipts ------------------------------------------------------------------------------------
-
-
-def _load_envelope(store: ObjectStore, job: JobRow) -> dict[str, Any]:
-    if not job.receipt_key:
-        raise SettlementError("it is completed but has no receipt_key")
-    try:
-        envelope = json.loads(store.get_bytes(job.receipt_key))
-    except DatabrightError as exc:
-        raise SettlementError(f"its receipt cannot be read: {exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SettlementError(f"its receipt at {job.receipt_key!r} is not JSON: {exc}") from exc
-    if not isinstance(envelope, dict):
-        raise SettlementError(f"its receipt at {job.receipt_key!r} is not a DSSE envelope object")
-    return envelope
-
-
-def _load_valuation(db: ExchangeDB, store: ObjectStore, period: str, job: JobRow) -> dict[str, Any]:
-    found = get_valuation(db, job.job_id)
-    if found is None:
-        raise SettlementError(
-            "it has no signed valuation, and dividends are paid only on values signed by the attested "
-            f"value task; run the value flow for period {period} (`databright value {period}`) first"
-        )
-    try:
-        return load_valuation_envelope(store, found)
-    except (DatabrightError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SettlementError(f"its valuation receipt cannot be read: {exc}") from exc
-
-
-def _admitted_by(intake: ReceiptIntake, period: str, envelopes: Sequence[dict[str, Any]]) -> Verify:
-    """A ``verify`` answering from one ``admit_many`` over the whole period.
-
-    Intake takes each session's receipts in sequence order whatever the job order, stores them
-    once (a re-settle finds them ``replayed``), and refuses equivocating or quarantined sessions,
-    broken chains and unknown dataset roots on top of the per-receipt checks.
-    """
-    report = intake.admit_many(envelopes, period=period)
-    outcomes = {digest_json(env): outcome for env, outcome in zip(envelopes, report.outcomes, strict=True)}
-
-    def verify(envelope: dict[str, Any]) -> ReceiptLike:
-        outcome = outcomes[digest_json(envelope)]
-        if isinstance(outcome, Rejection):
-            raise ReceiptRejected(f"{outcome.reason}: {outcome.message}", reason=outcome.reason)
-        return outcome.receipt
-
-    return verify
-
-
-def _check_job(
-    db: ExchangeDB,
-    verify: Verify,
-    verify_valuation: VerifyValuation,
-    period: str,
-    job: JobRow,
-    envelope: dict[str, Any],
-    valuation_envelope: dict[str, Any],
-) -> SettledJob:
-    """Verify one job's usage receipt and signed valuation and match them against the job row and
-    each other; raise SettlementError on any gap."""
-    try:
-        receipt = verify(envelope)
-    except DatabrightError as exc:
-        raise SettlementError(f"receipt rejected: {type(exc).__name__}: {exc}") from exc
-    try:
-        valuation = verify_valuation(valuation_envelope)
-        check_binding(valuation, receipt, digest_json(envelope))
-    except DatabrightError as exc:
-        raise SettlementError(f"valuation rejected: {type(exc).__name__}: {exc}") from exc
-    mismatches = [
-        f"{name} {got!r} != job's {want!r}"
-        for name, got, want in (
-            ("job_id", receipt.job_id, job.job_id),
-            ("period", receipt.period, period),
-            ("dataset", receipt.dataset, job.dataset),
-            ("dataset_version", int(receipt.dataset_version), job.dataset_version),
-            ("provider_id", receipt.provider_id, job.provider_id or receipt.provider_id),
-            (
-                "work_units",
-                int(receipt.work_units),
-                job.work_units if job.work_units is not None else int(receipt.work_units),
-            ),
-        )
-        if got != want
-    ]
-    if receipt.assurance not in ("simulated", "hardware"):
-        mismatches.append(f"assurance {receipt.assurance!r} is neither 'simulated' nor 'hardware'")
-    if mismatches:
-        raise SettlementError("its receipt does not match the job: " + "; ".join(mismatches))
-    escrowed, released = db.query(
-        """SELECT COALESCE(SUM(amount) FILTER (WHERE code = ? AND credit_account = ?), 0::HUGEINT),
-                  count(*) FILTER (WHERE code = ?)
-           FROM transfers WHERE job_id = ?""",
-        [int(TransferCode.ESCROW), ESCROW, int(TransferCode.REFUND), job.job_id],
-    )[0]
-    if int(escrowed) != job.payment or released:
-        raise SettlementError(
-            f"escrow holds {format_minor(int(escrowed))} for it (refunded: {bool(released)}) but its payment "
-            f"is {format_minor(job.payment)}; escrow the payment with escrow_job_payment before settling"
-        )
-    return settled_job(
-        job_id=job.job_id,
-        trainer_id=job.trainer_id,
-        provider_id=receipt.provider_id,
-        payment=job.payment,
-        receipt=receipt,
-        receipt_digest=digest_json(envelope),
-        values={owner: part.value for owner, part in valuation.owners.items()},
-        valuation_receipt_digest=digest_json(valuation_envelope),
-    )
-
-
-def _verify_all(
-    db: ExchangeDB,
-    store: ObjectStore,
-    verify: Verify,
-    verify_valuation: VerifyValuation,
-    period: str,
-    policy: AllocationPolicy,
-    jobs: Sequence[JobRow],
-    intake: ReceiptIntake | None,
-) -> tuple[list[SettledJob], list[Allocation]]:
-    """Every job's verified facts and allocation rows, or a rejection naming every failing job."""
-    settled: list[SettledJob] = []
-    allocations: list[Allocation] = []
-    failures: list[str] = []
-    envelopes: dict[str, dict[str, Any]] = {}
-    valuations: dict[str, dict[str, Any]] = {}
-    for job in jobs:
-        try:
-            envelopes[job.job_id] = _load_envelope(store, job)
-            valuations[job.job_id] = _load_valuation(db, store, period, job)
-        except SettlementError as exc:
-            failures.append(f"job {job.job_id}: {exc}")
-    if intake is not None and envelopes:
-        verify = _admitted_by(intake, period, list(envelopes.values()))
-    for job in jobs:
-        if job.job_id not in valuations:
-            continue
-        try:
-            facts = _check_job(
-                db, verify, verify_valuation, period, job, envelopes[job.job_id], valuations[job.job_id]
-            )
-            allocations += allocate_job(policy, period, facts)
-            settled.append(facts)
-        except SettlementError as exc:
-            failures.append(f"job {job.job_id}: {exc}")
-    if failures:
-        reason = "; ".join(failures)
-        with db.transaction() as con:
-            row = rows.read_settlement(con, period)
-            posted = row is not None and row.state == "posted"
-            if not posted:
-                rows.advance(con, period, rows.REJECTED, reason=reason)
-        if posted:
-            raise SettlementError(
-                f"period {period} is already posted, but re-checking its receipts failed: {reason}. The "
-                "posted transfers stand; correct them with reversing transfers if a receipt was bad",
-                period=period,
-                failures=failures,
-            )
-        raise SettlementError(
-            f"period {period} rejected, nothing posted: {reason}. Fix or replace the named receipts and "
-            "settle the period again",
-            period=period,
-            failures=failures,
-        )
-    return settled, sort_allocations(allocations)
-
-
-# --- digests and transfers ------------------------------------------------------------------------
-
-
-def inputs_digest(period: str, policy: AllocationPolicy, jobs: Sequence[SettledJob]) -> str:
-    """What a settlement depends on: the policy, and each job's id, payment, receipt and valuation."""
-    return digest_json(
-        {
-            "period": period,
-            "policy_digest": policy.digest,
-            "jobs": [
-                {
-                    "job_id": j.job_id,
-                    "payment": j.payment,
-                    "receipt_digest": j.receipt_digest,
-                    "valuation_receipt_digest": j.valuation_receipt_digest,
-                }
-                for j in sorted(jobs, key=lambda j: j.job_id)
-            ],
-        }
-    )
+# --- transfers -----------------------------------------------------------------------------------
 
 
 def settlement_transfers(period: str, allocations: Sequence[Allocation]) -> list[Transfer]:
@@ -318,14 +115,224 @@ def settlement_transfers(period: str, allocations: Sequence[Allocation]) -> list
     return out
 
 
-def _totals(allocations: Sequence[Allocation]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for a in allocations:
-        totals[a.holder] = totals.get(a.holder, 0) + a.amount
-    return dict(sorted(totals.items()))
-
-
 # --- the period -----------------------------------------------------------------------------------
+
+
+def _claim_unless_reviewed(db: ExchangeDB, period: str) -> None:
+    """Make sure the period has a row, so a failing receipt can be recorded against it.
+
+    A period rejected by its checks is claimed afresh; one rejected by a reviewer keeps its row
+    (inputs digest and reason) until its new inputs are known, so that unchanged inputs are refused.
+    """
+    with db.transaction() as con:
+        row = rows.read_settlement(con, period)
+        if row is None or (row.state == rows.REJECTED and not rejected_in_review(row)):
+            rows.claim(con, period)
+
+
+def _proposal(policy: AllocationPolicy, found: VerifiedInputs, row: rows.SettlementRow) -> Proposal:
+    return Proposal(
+        period=found.period,
+        state=row.state,
+        inputs_digest=found.inputs_digest,
+        policy_version=policy.version,
+        policy_digest=policy.digest,
+        allocation_root=found.allocation_root,
+        assurance=found.assurance,
+        approver=row.approver,
+        reason=row.reason,
+        allocations=found.allocations,
+        totals=found.totals(),
+        jobs=found.jobs,
+        policy=policy,
+    )
+
+
+def _propose(db: ExchangeDB, policy: AllocationPolicy, found: VerifiedInputs) -> Proposal:
+    period, digest, root = found.period, found.inputs_digest, found.allocation_root
+    with db.transaction() as con:
+        row = rows.read_settlement(con, period)
+        if row is None:
+            raise SettlementError(f"period {period} lost its settlements row while proposing; run it again")
+        unchanged = (row.inputs_digest, row.allocation_root) == (digest, root)
+        if row.state == "posted":
+            _check_same(period, row, digest, root)
+            return _proposal(policy, found, row)
+        if rejected_in_review(row) and unchanged:
+            raise SettlementError(
+                f"period {period} was rejected by {row.approver} ({row.reason}) and its inputs are unchanged "
+                f"since (inputs {digest}); nothing was proposed or posted. Fix what the reviewer named "
+                "(receipts, valuations, jobs or the policy), then propose the period again",
+                period=period,
+                rejected_by=row.approver,
+            )
+        if row.state in ("proposed", "approved") and unchanged:
+            return _proposal(policy, found, row)  # the same proposal: it and its approval stand
+        if row.state == rows.REJECTED:
+            rows.claim(con, period)
+        rows.advance(
+            con,
+            period,
+            "valued",
+            inputs_digest=digest,
+            policy_version=policy.version,
+            policy_digest=policy.digest,
+            assurance=found.assurance,
+            allocation_root=None,
+            approver=None,  # an approval of other inputs does not carry over
+            reason=None,
+        )
+    with db.transaction() as con:
+        row = rows.read_settlement(con, period)
+        if (
+            row is not None
+            and row.state in ("proposed", "approved", "posted")
+            and (row.inputs_digest, row.allocation_root) == (digest, root)
+        ):
+            return _proposal(policy, found, row)  # a concurrent run proposed the very same allocations
+        if row is None or (row.state, row.inputs_digest) != ("valued", digest):
+            raise SettlementError(
+                f"period {period} changed while this run proposed it (state "
+                f"{None if row is None else row.state!r}); another run is settling it — wait for it, then "
+                "run again",
+                period=period,
+            )
+        rows.advance(con, period, "proposed", allocation_root=root)
+        rows.replace_allocations(con, period, list(found.allocations))
+        proposed = rows.read_settlement(con, period)
+    if proposed is None:
+        raise SettlementError(f"period {period} lost its settlements row while proposing; run it again")
+    return _proposal(policy, found, proposed)
+
+
+def propose_period(
+    db: ExchangeDB,
+    store: ObjectStore,
+    *,
+    period: str,
+    policy: AllocationPolicy,
+    verify: Verify,
+    verify_valuation: VerifyValuation,
+    intake: ReceiptIntake | None = None,
+) -> Proposal:
+    """Verify and allocate every completed job of ``period`` and store the proposal; post nothing.
+
+    Returns the ``Proposal`` with the period's state: ``proposed`` (awaiting review), ``approved``
+    (unchanged inputs, already approved) or ``posted`` (unchanged inputs, already final). Raises
+    ``SettlementConflict`` for different inputs of a posted period, and ``SettlementError`` when a
+    receipt or valuation fails (the period is then ``rejected``) or when a reviewer rejected these
+    very inputs.
+
+    ``verify_valuation`` checks each job's signed valuation (``Settings.valuation_verifier``); the data
+    share is paid only on the per-owner values of a valuation that verifies and names the job's usage
+    receipt. With ``intake`` every receipt of the period goes through ``ReceiptIntake.admit_many``
+    (chains, equivocation, dataset roots, stored once) instead of ``verify`` alone.
+    """
+    check_period(period)
+    jobs = jobs_to_settle(db, period)
+    _claim_unless_reviewed(db, period)
+    found = verify_inputs(
+        db,
+        store,
+        period=period,
+        policy=policy,
+        jobs=jobs,
+        verify=verify,
+        verify_valuation=verify_valuation,
+        intake=intake,
+    )
+    return _propose(db, policy, found)
+
+
+def _not_approved(period: str, row: rows.SettlementRow | None) -> str:
+    state = "has no proposal" if row is None else f"is {row.state!r}, not approved"
+    return (
+        f"period {period} {state}, so nothing was posted; money moves only after approval: propose it "
+        f"(the settle flow), then approve it in the Prefect UI or with `databright settle approve {period} "
+        "--approver NAME`"
+    )
+
+
+def _post(
+    db: ExchangeDB,
+    policy: AllocationPolicy,
+    found: VerifiedInputs,
+    statements_dir: Path,
+    provenance: ProvenanceLog | None,
+    store: ObjectStore,
+    audit_key: SigningKey | None,
+) -> Settlement:
+    period, digest, root = found.period, found.inputs_digest, found.allocation_root
+    transfers = settlement_transfers(period, found.allocations)
+    with db.transaction() as con:
+        row = rows.read_settlement(con, period)
+        if row is not None and row.state == "posted":
+            _check_same(period, row, digest, root)
+        elif row is None or row.state != "approved":
+            raise SettlementError(_not_approved(period, row), period=period)
+        elif (row.inputs_digest, row.allocation_root) != (digest, root):
+            raise SettlementError(
+                f"period {period} was approved by {row.approver} for inputs {row.inputs_digest} (allocation "
+                f"root {row.allocation_root}), but its inputs now give {digest} ({root}); nothing was "
+                "posted. Propose the period again and have the new proposal reviewed",
+                period=period,
+                approved_inputs=row.inputs_digest,
+                new_inputs=digest,
+            )
+        else:
+            Ledger(db).post(con, transfers)
+            rows.advance(con, period, "posted", posted_at=dt.datetime.now(dt.UTC))
+        final = rows.read_settlement(con, period)
+    if final is None:
+        raise SettlementError(f"period {period} lost its settlements row while posting; settle it again")
+    settlement = _proposal(policy, found, final).as_settlement()
+    paths = write_statements(settlement, statements_dir)
+    if provenance is not None:
+        record_settlement(provenance, settlement, paths)
+    if audit_key is not None:
+        # After the posting committed: a checkpoint signs the audit log including this period's rows.
+        checkpoint(db, store, audit_key)
+    return settlement
+
+
+def post_period(
+    db: ExchangeDB,
+    store: ObjectStore,
+    *,
+    period: str,
+    policy: AllocationPolicy,
+    verify: Verify,
+    verify_valuation: VerifyValuation,
+    statements_dir: Path,
+    provenance: ProvenanceLog | None = None,
+    intake: ReceiptIntake | None = None,
+    audit_key: SigningKey | None = None,
+) -> Settlement:
+    """Post an approved period: re-verify its inputs, check that its inputs digest and allocation root
+    are the approved ones, then post every transfer and mark it ``posted`` in one transaction, and
+    write its statements. A posted period with the same inputs returns its ``Settlement`` again.
+
+    With ``provenance`` the posted settlement's ``settle`` statement is recorded, consuming each job's
+    usage and valuation receipts (idempotent by content, so a re-run records nothing new). With
+    ``audit_key`` a signed checkpoint of the audit log is exported to ``store`` afterwards.
+    """
+    check_period(period)
+    jobs = jobs_to_settle(db, period)
+    with db.transaction() as con:
+        row = rows.read_settlement(con, period)
+    if row is None or row.state not in ("approved", "posted"):
+        raise SettlementError(_not_approved(period, row), period=period)
+    found = verify_inputs(
+        db,
+        store,
+        period=period,
+        policy=policy,
+        jobs=jobs,
+        verify=verify,
+        verify_valuation=verify_valuation,
+        intake=intake,
+    )
+    return _post(db, policy, found, statements_dir, provenance, store, audit_key)
 
 
 def settle_period(
@@ -336,99 +343,35 @@ def settle_period(
     policy: AllocationPolicy,
     verify: Verify,
     verify_valuation: VerifyValuation,
-    approver: str = "auto",
+    approver: str = AUTO_APPROVER,
     statements_dir: Path,
     provenance: ProvenanceLog | None = None,
     intake: ReceiptIntake | None = None,
+    audit_key: SigningKey | None = None,
 ) -> Settlement:
-    """Settle every completed job of ``period``; see the module docstring for the steps.
+    """Propose, approve as ``approver`` and post ``period`` in one call, for callers with no reviewer.
 
-    ``verify_valuation`` checks each job's signed valuation (``Settings.valuation_verifier``); the data
-    share is paid only on the per-owner values of a valuation that verifies and names the job's usage
-    receipt (``check_binding``). With ``intake`` every receipt of the period goes through
-    ``ReceiptIntake.admit_many`` (chains, equivocation, dataset roots, stored once) instead of
-    ``verify`` alone.
-
-    With ``provenance`` the posted settlement's ``settle`` statement is recorded, consuming each job's
-    usage and valuation receipts (idempotent by content, so a re-run records nothing new; the
-    ``value`` statements were recorded by the value step).
+    The receipts are verified once: the approval and the posting check the inputs digest and
+    allocation root of that one verification against the period's row.
     """
     check_period(period)
-    if not isinstance(approver, str) or not approver.strip():
-        raise SettlementError(f"approver {approver!r} is empty; name who approves the settlement")
-    jobs = completed_jobs(db, period)
-    if not jobs:
-        raise SettlementError(
-            f"period {period} has no completed jobs, so there is nothing to settle; check the period "
-            "(YYYY-MM) or wait until its jobs complete",
-            period=period,
-        )
-    with db.transaction() as con:
-        claimed = rows.claim(con, period)
-
-    settled, allocations = _verify_all(db, store, verify, verify_valuation, period, policy, jobs, intake)
-    digest = inputs_digest(period, policy, settled)
-    assurance = "simulated" if any(j.assurance != "hardware" for j in settled) else "hardware"
-    root = allocation_root(allocations)
-
-    def result(row: rows.SettlementRow) -> Settlement:
-        return Settlement(
-            period=period,
-            state=row.state,
-            inputs_digest=digest,
-            policy_version=policy.version,
-            policy_digest=policy.digest,
-            allocation_root=root,
-            assurance=assurance,
-            approver=row.approver,
-            allocations=tuple(allocations),
-            totals=_totals(allocations),
-            jobs=tuple(settled),
-            policy=policy,
-        )
-
-    if claimed.state != "posted":
-        with db.transaction() as con:
-            rows.advance(
-                con,
-                period,
-                "valued",
-                inputs_digest=digest,
-                policy_version=policy.version,
-                policy_digest=policy.digest,
-                assurance=assurance,
-            )
-        with db.transaction() as con:
-            rows.advance(con, period, "proposed", allocation_root=root)
-            rows.replace_allocations(con, period, allocations)
-        # The first slice approves automatically; a review step will stop here and wait.
-        with db.transaction() as con:
-            rows.advance(con, period, "approved", approver=approver)
-
-    transfers = settlement_transfers(period, allocations)
-    with db.transaction() as con:
-        row = rows.read_settlement(con, period)
-        if row is None:
-            raise SettlementError(f"period {period} lost its settlements row while settling; settle it again")
-        if row.state == "posted":
-            _check_same(period, row, digest, root)
-        else:
-            if (row.state, row.inputs_digest, row.allocation_root) != ("approved", digest, root):
-                raise SettlementError(
-                    f"period {period} changed while this run settled it (state {row.state!r}, inputs "
-                    f"{row.inputs_digest}); another run is settling it — wait for it, then settle again",
-                    period=period,
-                )
-            Ledger(db).post(con, transfers)
-            rows.advance(con, period, "posted", posted_at=dt.datetime.now(dt.UTC))
-        final = rows.read_settlement(con, period)
-    if final is None:
-        raise SettlementError(f"period {period} lost its settlements row while posting; settle it again")
-    settlement = result(final)
-    paths = write_statements(settlement, statements_dir)
-    if provenance is not None:
-        record_settlement(provenance, settlement, paths)
-    return settlement
+    approver = check_reviewer(approver)
+    jobs = jobs_to_settle(db, period)
+    _claim_unless_reviewed(db, period)
+    found = verify_inputs(
+        db,
+        store,
+        period=period,
+        policy=policy,
+        jobs=jobs,
+        verify=verify,
+        verify_valuation=verify_valuation,
+        intake=intake,
+    )
+    proposal = _propose(db, policy, found)
+    if proposal.state == "proposed":
+        approve_period(db, period=period, approver=approver, allocation_root=proposal.allocation_root)
+    return _post(db, policy, found, statements_dir, provenance, store, audit_key)
 
 
 def _check_same(period: str, row: rows.SettlementRow, digest: str, root: str) -> None:
