@@ -55,6 +55,7 @@ bench: $(VENV)/.synced $(PEERS)/.synced
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.valuation
 	$(BIN)/python -m benchmarks.inrun
+	$(BIN)/python -m benchmarks.settlement
 
 clean:
 	rm -rf $(VENV) $(PEERS) .tools .databright .databright-repro .pytest_cache .mypy_cache .ruff_cache
