@@ -55,7 +55,7 @@ bench: $(VENV)/.synced $(PEERS)/.synced
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.valuation
 	$(BIN)/python -m benchmarks.inrun
-	$(BIN)/python -m benchmarks.settlement
+	$(BIN)/python -m benchmarks.settlement --statements-full-max 2000000
 
 clean:
 	rm -rf $(VENV) $(PEERS) .tools .databright .databright-repro .pytest_cache .mypy_cache .ruff_cache

@@ -86,16 +86,18 @@ class Ledger:
     def open_accounts(self, con: duckdb.DuckDBPyConnection, account_ids: Sequence[str]) -> list[Account]:
         """Create the named accounts that do not exist yet; return all of them."""
         accounts = [account_for(a) for a in dict.fromkeys(account_ids)]
-        now = dt.datetime.now(dt.UTC)
-        for account in accounts:
+        if accounts:
+            # One statement for the whole batch: a settlement opens an account per holder at once.
             con.execute(
-                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO NOTHING",
+                "INSERT INTO accounts SELECT * FROM (SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), "
+                "unnest($3::INTEGER[]), unnest($4::BOOLEAN[]), $5::TIMESTAMPTZ) "
+                "ON CONFLICT (account_id) DO NOTHING",
                 [
-                    account.account_id,
-                    account.kind.value,
-                    account.ledger,
-                    account.debits_must_not_exceed_credits,
-                    now,
+                    [a.account_id for a in accounts],
+                    [a.kind.value for a in accounts],
+                    [a.ledger for a in accounts],
+                    [a.debits_must_not_exceed_credits for a in accounts],
+                    dt.datetime.now(dt.UTC),
                 ],
             )
         return accounts
@@ -165,18 +167,27 @@ class Ledger:
 
         now = dt.datetime.now(dt.UTC)
         inserted = [[*t.row(), now] for t in new]
-        con.executemany(
-            f"INSERT INTO transfers ({_TRANSFER_COLUMNS}, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            inserted,
+        # One statement over column lists (one parameter per column), in batch order. Amounts travel
+        # as decimal strings and are cast to HUGEINT by DuckDB, so no amount passes through a float.
+        columns = [list(column) for column in zip(*(t.row() for t in new), strict=True)]
+        columns[3] = [str(amount) for amount in columns[3]]
+        con.execute(
+            f"INSERT INTO transfers ({_TRANSFER_COLUMNS}, created_at) SELECT * FROM (SELECT "
+            "unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
+            "CAST(unnest($4::VARCHAR[]) AS HUGEINT), unnest($5::INTEGER[]), unnest($6::SMALLINT[]), "
+            "unnest($7::VARCHAR[]), unnest($8::VARCHAR[]), unnest($9::VARCHAR[]), unnest($10::VARCHAR[]), "
+            "$11::TIMESTAMPTZ)",
+            [*columns, now],
         )
         # In the same transaction: the transfers and their audit entries commit together or not at all.
         record_transfers(con, inserted)
         return new
 
     def _existing(self, con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Transfer]:
+        # A semi-join (hash) rather than list_contains per row, which scans the id list for each row.
         rows = con.execute(
-            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE list_contains($1, transfer_id)", [ids]
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN (SELECT unnest($1::VARCHAR[]))",
+            [ids],
         ).fetchall()
         return {r[0]: Transfer.from_row(r) for r in rows}
 
@@ -184,12 +195,11 @@ class Ledger:
         self, con: duckdb.DuckDBPyConnection, new: list[Transfer], accounts: dict[str, Account]
     ) -> None:
         """Apply the batch in order to the flagged accounts' balances; refuse the first overdraft."""
-        running: dict[str, int] = {}
+        flagged = [a.account_id for a in accounts.values() if a.debits_must_not_exceed_credits]
+        running = self._balances_of(con, flagged)
         for transfer in new:
             debit = accounts[transfer.debit_account]
             if debit.debits_must_not_exceed_credits:
-                if debit.account_id not in running:
-                    running[debit.account_id] = self.balance(debit.account_id, con)
                 if running[debit.account_id] < transfer.amount:
                     raise LedgerError(
                         f"account {debit.account_id!r} holds {format_minor(running[debit.account_id])} "
@@ -203,9 +213,29 @@ class Ledger:
                 running[debit.account_id] -= transfer.amount
             credit = transfer.credit_account
             if accounts[credit].debits_must_not_exceed_credits:
-                if credit not in running:
-                    running[credit] = self.balance(credit, con)
                 running[credit] += transfer.amount
+
+    def _balances_of(self, con: duckdb.DuckDBPyConnection, account_ids: list[str]) -> dict[str, int]:
+        """The balances of the named accounts (0 for one never used), in ONE grouped query: one
+        ``BALANCE_SQL`` per account would scan the transfers once per holder of a settlement."""
+        balances = dict.fromkeys(account_ids, 0)
+        if not account_ids:
+            return balances
+        rows = con.execute(
+            """WITH touched AS (SELECT unnest($1::VARCHAR[]) AS account_id),
+               legs AS (
+                   SELECT credit_account AS account_id, amount FROM transfers
+                   WHERE credit_account IN (SELECT account_id FROM touched)
+                   UNION ALL
+                   SELECT debit_account, -amount FROM transfers
+                   WHERE debit_account IN (SELECT account_id FROM touched)
+               )
+               SELECT account_id, SUM(amount) FROM legs GROUP BY account_id""",
+            [account_ids],
+        ).fetchall()
+        for account_id, amount in rows:
+            balances[account_id] = int(amount)
+        return balances
 
     # --- reading -------------------------------------------------------------------------------
     def balance(self, account_id: str, con: duckdb.DuckDBPyConnection | None = None) -> int:

@@ -22,7 +22,10 @@ from databright.crypto import sha256_hex
 from databright.errors import SettlementError
 from databright.ledger.accounts import AccountKind, account_for, contributor_account, trainer_account
 from databright.money import format_amount
+from databright.settlement.allocation import Allocation, OwnerLine, SettledJob
 from databright.settlement.result import Settlement, check_period
+
+FLOOR_BASIS = "usage_floor"
 
 SIMULATED_NOTE = (
     "assurance: simulated — the receipts behind this statement were signed by simulated attestation; "
@@ -90,38 +93,99 @@ def _header(settlement: Settlement, holder: str, kind: str) -> dict[str, Any]:
     }
 
 
-def _contributor_lines(settlement: Settlement, holder: str) -> list[dict[str, Any]]:
-    fmt = settlement.policy.format_amount
-    amounts = {(a.job_id, a.holder): a for a in settlement.allocations if a.role == "data"}
-    lines = []
+@dataclass(frozen=True)
+class _Index:
+    """A settlement's allocations and jobs grouped by holder, built in one pass over each, so that
+    every holder's lines are looked up rather than found by scanning the whole period per holder."""
+
+    data: dict[tuple[str, str], list[Allocation]]  # (job id, holder) -> the data rows, in order
+    compute: dict[str, list[Allocation]]  # holder -> compute rows, in allocation order
+    job_parts: dict[str, dict[str, int]]  # job id -> role -> amount
+    contributor_jobs: dict[str, list[tuple[SettledJob, OwnerLine]]]  # holder -> (job, owner), job order
+    trainer_jobs: dict[str, list[SettledJob]]  # trainer account -> jobs, in job order
+
+
+def _index(settlement: Settlement) -> _Index:
+    data: dict[tuple[str, str], list[Allocation]] = {}
+    compute: dict[str, list[Allocation]] = {}
+    job_parts: dict[str, dict[str, int]] = {}
+    for a in settlement.allocations:
+        if a.role == "data":
+            data.setdefault((a.job_id, a.holder), []).append(a)
+        elif a.role == "compute":
+            compute.setdefault(a.holder, []).append(a)
+        parts = job_parts.setdefault(a.job_id, {role: 0 for role in ("data", "compute", "fee")})
+        parts[a.role] += a.amount
+    contributor_jobs: dict[str, list[tuple[SettledJob, OwnerLine]]] = {}
+    trainer_jobs: dict[str, list[SettledJob]] = {}
     for job in settlement.jobs:
+        trainer_jobs.setdefault(trainer_account(job.trainer_id), []).append(job)
         for owner in job.owners:
-            if contributor_account(owner.owner) != holder:
-                continue
-            allocation = amounts[(job.job_id, holder)]
-            lines.append(
-                {
-                    "job_id": job.job_id,
-                    "dataset": job.dataset,
-                    "dataset_version": job.dataset_version,
-                    "rows_used": owner.rows_used,
-                    "visits": owner.visits,
-                    "value": owner.value,
-                    "weight": allocation.weight,
-                    "basis": allocation.basis,
-                    "amount": allocation.amount,
-                    "amount_text": fmt(allocation.amount),
-                    "records_root": job.records_root,
-                    "dataset_merkle_root": job.dataset_merkle_root,
-                    "receipt_digest": job.receipt_digest,
-                    "assurance": job.assurance,
-                }
+            contributor_jobs.setdefault(contributor_account(owner.owner), []).append((job, owner))
+    return _Index(data, compute, job_parts, contributor_jobs, trainer_jobs)
+
+
+def _data_part(rows: list[Allocation]) -> dict[str, Any]:
+    """One (job, holder)'s data rows as one line's basis, weight and amount.
+
+    A single row is shown as it is. Under a usage floor a holder has a ``usage_floor`` row (weight:
+    rows used) and a ``value`` (or ``rows_used``) row: the line pays their sum, names the bases
+    ``usage_floor+value``, shows the weight of the value part and the floor's own amount, so the
+    statement's total is what the holder was paid.
+    """
+    if len(rows) == 1:
+        return {"weight": rows[0].weight, "basis": rows[0].basis, "amount": rows[0].amount}
+    floor = [a for a in rows if a.basis == FLOOR_BASIS]
+    rest = [a for a in rows if a.basis != FLOOR_BASIS]
+    return {
+        "weight": sum(a.weight for a in rest) if rest else sum(a.weight for a in floor),
+        "basis": "+".join(a.basis for a in (*floor, *rest)),
+        "amount": sum(a.amount for a in rows),
+        "usage_floor_amount": sum(a.amount for a in floor),
+    }
+
+
+def _contributor_lines(
+    settlement: Settlement, holder: str, index: _Index | None = None
+) -> list[dict[str, Any]]:
+    fmt = settlement.policy.format_amount
+    index = _index(settlement) if index is None else index
+    lines = []
+    for job, owner in index.contributor_jobs.get(holder, []):
+        rows = index.data.get((job.job_id, holder))
+        if not rows:
+            raise SettlementError(
+                f"job {job.job_id}: {holder} is among its owners but has no data allocation; the "
+                "settlement's allocations and jobs disagree — propose the period again",
+                job_id=job.job_id,
             )
+        part = _data_part(rows)
+        line = {
+            "job_id": job.job_id,
+            "dataset": job.dataset,
+            "dataset_version": job.dataset_version,
+            "rows_used": owner.rows_used,
+            "visits": owner.visits,
+            "value": owner.value,
+            "weight": part["weight"],
+            "basis": part["basis"],
+            "amount": part["amount"],
+            "amount_text": fmt(part["amount"]),
+            "records_root": job.records_root,
+            "dataset_merkle_root": job.dataset_merkle_root,
+            "receipt_digest": job.receipt_digest,
+            "assurance": job.assurance,
+        }
+        if "usage_floor_amount" in part:
+            line["usage_floor_amount"] = part["usage_floor_amount"]
+            line["usage_floor_amount_text"] = fmt(part["usage_floor_amount"])
+        lines.append(line)
     return lines
 
 
-def _provider_lines(settlement: Settlement, holder: str) -> list[dict[str, Any]]:
+def _provider_lines(settlement: Settlement, holder: str, index: _Index | None = None) -> list[dict[str, Any]]:
     fmt = settlement.policy.format_amount
+    index = _index(settlement) if index is None else index
     jobs = {job.job_id: job for job in settlement.jobs}
     return [
         {
@@ -134,21 +198,16 @@ def _provider_lines(settlement: Settlement, holder: str) -> list[dict[str, Any]]
             "amount_text": fmt(a.amount),
             "assurance": jobs[a.job_id].assurance,
         }
-        for a in settlement.allocations
-        if a.holder == holder and a.role == "compute"
+        for a in index.compute.get(holder, [])
     ]
 
 
-def _trainer_lines(settlement: Settlement, holder: str) -> list[dict[str, Any]]:
+def _trainer_lines(settlement: Settlement, holder: str, index: _Index | None = None) -> list[dict[str, Any]]:
     fmt = settlement.policy.format_amount
+    index = _index(settlement) if index is None else index
     lines = []
-    for job in settlement.jobs:
-        if trainer_account(job.trainer_id) != holder:
-            continue
-        parts = {role: 0 for role in ("data", "compute", "fee")}
-        for a in settlement.allocations:
-            if a.job_id == job.job_id:
-                parts[a.role] += a.amount
+    for job in index.trainer_jobs.get(holder, []):
+        parts = index.job_parts.get(job.job_id, {role: 0 for role in ("data", "compute", "fee")})
         lines.append(
             {
                 "job_id": job.job_id,
@@ -166,19 +225,25 @@ def _trainer_lines(settlement: Settlement, holder: str) -> list[dict[str, Any]]:
 
 
 def build_statements(settlement: Settlement) -> list[Statement]:
-    """One statement per contributor, provider and trainer that took part in the period."""
+    """One statement per contributor, provider and trainer that took part in the period.
+
+    Linear in the period's size: allocations and jobs are grouped by holder once (``_index``).
+    """
     holders: dict[str, str] = {}
     for job in settlement.jobs:
         holders[trainer_account(job.trainer_id)] = "trainer"
     for a in settlement.allocations:
+        if a.holder in holders:
+            continue
         account_kind = account_for(a.holder).kind
         if account_kind in (AccountKind.CONTRIBUTOR, AccountKind.PROVIDER):
             holders[a.holder] = account_kind.value
     builders = {"contributor": _contributor_lines, "provider": _provider_lines, "trainer": _trainer_lines}
+    index = _index(settlement)
     statements = []
     for holder in sorted(holders):
         kind = holders[holder]
-        lines = builders[kind](settlement, holder)
+        lines = builders[kind](settlement, holder, index)
         key = "payment" if kind == "trainer" else "amount"
         statements.append(
             Statement(
@@ -215,7 +280,12 @@ def render_statement(statement: Statement) -> str:
                 f"job {line['job_id']} — dataset {line['dataset']} v{line['dataset_version']}",
                 f"  rows used {line['rows_used']}, visits {line['visits']}, value {line['value']!r}, "
                 f"weight {line['weight']} (basis: {line['basis']})",
-                f"  amount {line['amount_text']} ({line['amount']} minor units)",
+                f"  amount {line['amount_text']} ({line['amount']} minor units)"
+                + (
+                    f", of which usage floor {line['usage_floor_amount_text']}"
+                    if "usage_floor_amount" in line
+                    else ""
+                ),
                 f"  records root {line['records_root']}",
                 f"  dataset Merkle root {line['dataset_merkle_root']}",
                 f"  receipt digest {line['receipt_digest']} (assurance: {line['assurance']})",

@@ -46,10 +46,11 @@ CREATE TABLE IF NOT EXISTS allocations (
     job_id  VARCHAR NOT NULL,
     holder  VARCHAR NOT NULL,             -- ledger account id
     role    VARCHAR NOT NULL,             -- data | compute | fee
-    basis   VARCHAR NOT NULL,             -- value | rows_used | work_units | policy
+    basis   VARCHAR NOT NULL,             -- usage_floor | value | rows_used | work_units | policy
     weight  HUGEINT NOT NULL,
     amount  HUGEINT NOT NULL CHECK (amount >= 0),
-    PRIMARY KEY (period, job_id, role, holder)
+    -- basis too: under a usage floor a holder has a usage_floor and a value row per job
+    PRIMARY KEY (period, job_id, role, holder, basis)
 );
 """
 
@@ -147,10 +148,23 @@ def replace_allocations(con: duckdb.DuckDBPyConnection, period: str, rows: Seque
             f"period {period}: allocations are final once posted (or the period is unclaimed)"
         )
     con.execute("DELETE FROM allocations WHERE period = ?", [period])
-    con.executemany(
-        "INSERT INTO allocations VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [[a.period, a.job_id, a.holder, a.role, a.basis, a.weight, a.amount] for a in rows],
-    )
+    if rows:
+        # One statement over column lists, not a round trip per row (a period has one row per usage
+        # row). Weights and amounts go as decimal strings cast to HUGEINT: exact, never a float.
+        con.execute(
+            "INSERT INTO allocations SELECT * FROM (SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), "
+            "unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), "
+            "CAST(unnest($6::VARCHAR[]) AS HUGEINT), CAST(unnest($7::VARCHAR[]) AS HUGEINT))",
+            [
+                [a.period for a in rows],
+                [a.job_id for a in rows],
+                [a.holder for a in rows],
+                [a.role for a in rows],
+                [a.basis for a in rows],
+                [str(a.weight) for a in rows],
+                [str(a.amount) for a in rows],
+            ],
+        )
     record_allocations(con, period)
 
 
