@@ -29,11 +29,16 @@ class TransferCode(IntEnum):
     PAYOUT = 6  # data_pool -> contributor:<id>, compute_pool -> provider:<id>
     REFUND = 7  # escrow -> trainer:<id>, for a job that failed
     REVERSAL = 8  # a correction: the mirror of an earlier transfer
+    CARRY_OVER = 9  # contributor/provider -> carry_over:<kind>.<id>, a payout below the policy minimum
+    CARRY_RELEASE = 10  # carry_over:<kind>.<id> -> the holder, once their due reaches the minimum
 
     @property
     def label(self) -> str:
         return self.name.lower()
 
+
+#: The codes that move sub-minimum payouts to and from the holders' carry-over accounts.
+CARRY_CODES = (TransferCode.CARRY_OVER, TransferCode.CARRY_RELEASE)
 
 #: The codes that take a job's payment out of escrow at settlement.
 SETTLE_CODES = (TransferCode.SETTLE_DATA, TransferCode.SETTLE_COMPUTE, TransferCode.SETTLE_FEE)

@@ -20,18 +20,19 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from databright.crypto import SigningKey
 from databright.db import ExchangeDB
 from databright.errors import SettlementConflict, SettlementError
-from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, EXCHANGE_FEE
+from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, EXCHANGE_FEE, carried_holder
 from databright.ledger.audit_log import checkpoint
 from databright.ledger.store import Ledger
 from databright.ledger.transfers import Transfer, TransferCode
 from databright.provenance.record import record_settlement
 from databright.provenance.statements import ProvenanceLog
 from databright.settlement import store as rows
-from databright.settlement.allocation import Allocation, sort_allocations
+from databright.settlement.allocation import Allocation, carry_over_moves, payout_totals, sort_allocations
 from databright.settlement.inputs import (
     JobRow,
     VerifiedInputs,
@@ -48,6 +49,9 @@ from databright.settlement.review import AUTO_APPROVER, approve_period, check_re
 from databright.settlement.statements import write_statements
 from databright.storage.objectstore import ObjectStore
 from databright.trust.intake import ReceiptIntake
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = [
     "JobRow",
@@ -95,24 +99,84 @@ def settlement_transfers(period: str, allocations: Sequence[Allocation]) -> list
                         job_id=job_id,
                     )
                 )
+        # One payout per (role, holder): a usage-floor policy gives a holder two data rows (usage_floor
+        # and value), which are one movement of money; the memo names both bases.
+        payouts: dict[tuple[str, str], tuple[int, list[str]]] = {}
         for a in parts:
             if a.role == "fee" or not a.amount:
                 continue
-            pool = DATA_POOL if a.role == "data" else COMPUTE_POOL
+            amount, bases = payouts.get((a.role, a.holder), (0, []))
+            payouts[(a.role, a.holder)] = (amount + a.amount, [*bases, a.basis])
+        for (role, holder), (amount, bases) in payouts.items():
             out.append(
                 Transfer.create(
-                    {"kind": "payout", "period": period, "job": job_id, "role": a.role, "holder": a.holder},
-                    debit_account=pool,
-                    credit_account=a.holder,
-                    amount=a.amount,
+                    {"kind": "payout", "period": period, "job": job_id, "role": role, "holder": holder},
+                    debit_account=DATA_POOL if role == "data" else COMPUTE_POOL,
+                    credit_account=holder,
+                    amount=amount,
                     code=TransferCode.PAYOUT,
-                    memo=f"{a.role} payout of job {job_id} by {a.basis}",
+                    memo=f"{role} payout of job {job_id} by {'+'.join(bases)}",
                     period=period,
                     settlement_id=settlement_id,
                     job_id=job_id,
                 )
             )
     return out
+
+
+def carried_in(con: duckdb.DuckDBPyConnection, period: str) -> dict[str, int]:
+    """What earlier periods carried over and have not released, by holder account id.
+
+    Only transfers of periods before ``period`` count, so re-running a period never sees its own
+    carry moves.
+    """
+    found = con.execute(
+        """SELECT account, SUM(amount) FROM (
+               SELECT credit_account AS account, amount FROM transfers WHERE code = ? AND period < ?
+               UNION ALL
+               SELECT debit_account AS account, -amount FROM transfers WHERE code = ? AND period < ?)
+           GROUP BY account HAVING SUM(amount) <> 0 ORDER BY account""",
+        [int(TransferCode.CARRY_OVER), period, int(TransferCode.CARRY_RELEASE), period],
+    ).fetchall()
+    return {carried_holder(str(account)): int(amount) for account, amount in found}
+
+
+def carry_transfers(
+    con: duckdb.DuckDBPyConnection, period: str, policy: AllocationPolicy, allocations: Sequence[Allocation]
+) -> list[Transfer]:
+    """The period's carry-over moves (``carry_over_moves``) as transfers, posted after its payouts.
+
+    A carry chain depends on the order periods are posted in, so a period cannot be posted once a
+    later one is, whenever anything is carried or the policy has a minimum payout.
+    """
+    earlier = carried_in(con, period)
+    if not earlier and not policy.minimum_payout:
+        return []
+    later = con.execute(
+        "SELECT min(period) FROM settlements WHERE period > ? AND state = 'posted'", [period]
+    ).fetchone()
+    if later is not None and later[0] is not None:
+        raise SettlementError(
+            f"period {period} cannot be posted after the later period {later[0]}: payouts below the "
+            f"minimum ({policy.minimum_payout} minor units) are carried from period to period in order; "
+            "settle periods in order",
+            period=period,
+        )
+    settlement_id = f"settlement:{period}"
+    codes = {"carry_over": TransferCode.CARRY_OVER, "carry_release": TransferCode.CARRY_RELEASE}
+    return [
+        Transfer.create(
+            move.key,
+            debit_account=move.debit_account,
+            credit_account=move.credit_account,
+            amount=move.amount,
+            code=codes[move.kind],
+            memo=move.memo,
+            period=period,
+            settlement_id=settlement_id,
+        )
+        for move in carry_over_moves(period, payout_totals(allocations), earlier, policy.minimum_payout)
+    ]
 
 
 # --- the period -----------------------------------------------------------------------------------
@@ -280,7 +344,8 @@ def _post(
                 new_inputs=digest,
             )
         else:
-            Ledger(db).post(con, transfers)
+            # Carries debit holders the payouts just credited, so they are posted after them, together.
+            Ledger(db).post(con, [*transfers, *carry_transfers(con, period, policy, found.allocations)])
             rows.advance(con, period, "posted", posted_at=dt.datetime.now(dt.UTC))
         final = rows.read_settlement(con, period)
     if final is None:
