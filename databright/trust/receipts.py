@@ -321,23 +321,31 @@ def sign_receipt(session_key: SigningKey, receipt: UsageReceipt) -> dict[str, An
     return sign_envelope(session_key, USAGE_RECEIPT_TYPE, canonical_json(receipt.statement()))
 
 
-def _payload(envelope: Any) -> bytes:
-    if not isinstance(envelope, dict) or envelope.get("payloadType") != USAGE_RECEIPT_TYPE:
-        raise _malformed(
-            f"envelope payloadType {_get(envelope, 'payloadType')!r}, expected {USAGE_RECEIPT_TYPE}"
-        )
+def envelope_payload(envelope: Any, payload_type: str, malformed: Callable[[str], ReceiptRejected]) -> bytes:
+    """The payload bytes of a DSSE envelope of ``payload_type`` (no signature check); any other type
+    or a payload that is not base64 is ``malformed(message)``."""
+    if not isinstance(envelope, dict) or envelope.get("payloadType") != payload_type:
+        raise malformed(f"envelope payloadType {_get(envelope, 'payloadType')!r}, expected {payload_type}")
     try:
         return base64.b64decode(envelope["payload"], validate=True)
     except (KeyError, TypeError, ValueError) as exc:
-        raise _malformed(f"envelope payload is not base64 ({exc})") from exc
+        raise malformed(f"envelope payload is not base64 ({exc})") from exc
+
+
+def statement_json(payload: bytes, malformed: Callable[[str], ReceiptRejected]) -> Any:
+    """The JSON statement in ``payload``, or ``malformed(message)``."""
+    try:
+        return json.loads(payload)
+    except ValueError as exc:
+        raise malformed(f"payload is not JSON ({exc})") from exc
+
+
+def _payload(envelope: Any) -> bytes:
+    return envelope_payload(envelope, USAGE_RECEIPT_TYPE, _malformed)
 
 
 def _statement(payload: bytes) -> UsageReceipt:
-    try:
-        statement = json.loads(payload)
-    except ValueError as exc:
-        raise _malformed(f"payload is not JSON ({exc})") from exc
-    return UsageReceipt.from_statement(statement)
+    return UsageReceipt.from_statement(statement_json(payload, _malformed))
 
 
 def parse_receipt(envelope: dict[str, Any]) -> UsageReceipt:

@@ -21,10 +21,8 @@ separate from its chain of usage receipts, so a session that does both keeps bot
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -34,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from databright.crypto import SigningKey, canonical_json, merkle_root_hex, sha256_hex, sign_envelope
 from databright.errors import AttestationError, ReceiptRejected
 from databright.trust.evidence import VALUATION_RECEIPT_TYPE, parse_iso
-from databright.trust.receipts import STATEMENT_TYPE, verify_signed_under
+from databright.trust.receipts import STATEMENT_TYPE, envelope_payload, statement_json, verify_signed_under
 
 if TYPE_CHECKING:
     from databright.trust.verifier import AttestationResult
@@ -278,21 +276,11 @@ def sign_valuation_receipt(session_key: SigningKey, receipt: ValuationReceipt) -
 
 
 def _payload(envelope: Any) -> bytes:
-    kind = envelope.get("payloadType") if isinstance(envelope, dict) else None
-    if kind != VALUATION_RECEIPT_TYPE:
-        raise _malformed(f"envelope payloadType {kind!r}, expected {VALUATION_RECEIPT_TYPE}")
-    try:
-        return base64.b64decode(envelope["payload"], validate=True)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _malformed(f"envelope payload is not base64 ({exc})") from exc
+    return envelope_payload(envelope, VALUATION_RECEIPT_TYPE, _malformed)
 
 
 def _statement(payload: bytes) -> ValuationReceipt:
-    try:
-        statement = json.loads(payload)
-    except ValueError as exc:
-        raise _malformed(f"payload is not JSON ({exc})") from exc
-    return ValuationReceipt.from_statement(statement)
+    return ValuationReceipt.from_statement(statement_json(payload, _malformed))
 
 
 def parse_valuation_receipt(envelope: dict[str, Any]) -> ValuationReceipt:
