@@ -69,7 +69,7 @@ def completed_jobs(db: ExchangeDB, period: str) -> list[JobRow]:
 # --- receipts ------------------------------------------------------------------------------------
 
 
-def _load_envelope(store: ObjectStore, job: JobRow) -> dict[str, Any]:
+def load_envelope(store: ObjectStore, job: JobRow) -> dict[str, Any]:
     if not job.receipt_key:
         raise SettlementError("it is completed but has no receipt_key")
     try:
@@ -83,7 +83,7 @@ def _load_envelope(store: ObjectStore, job: JobRow) -> dict[str, Any]:
     return envelope
 
 
-def _load_valuation(db: ExchangeDB, store: ObjectStore, period: str, job: JobRow) -> dict[str, Any]:
+def load_valuation(db: ExchangeDB, store: ObjectStore, period: str, job: JobRow) -> dict[str, Any]:
     found = get_valuation(db, job.job_id)
     if found is None:
         raise SettlementError(
@@ -115,7 +115,7 @@ def _admitted_by(intake: ReceiptIntake, period: str, envelopes: Sequence[dict[st
     return verify
 
 
-def _check_job(
+def check_job(
     db: ExchangeDB,
     verify: Verify,
     verify_valuation: VerifyValuation,
@@ -196,8 +196,8 @@ def _verify_jobs(
     valuations: dict[str, dict[str, Any]] = {}
     for job in jobs:
         try:
-            envelopes[job.job_id] = _load_envelope(store, job)
-            valuations[job.job_id] = _load_valuation(db, store, period, job)
+            envelopes[job.job_id] = load_envelope(store, job)
+            valuations[job.job_id] = load_valuation(db, store, period, job)
         except SettlementError as exc:
             failures.append(f"job {job.job_id}: {exc}")
     if intake is not None and envelopes:
@@ -206,7 +206,7 @@ def _verify_jobs(
         if job.job_id not in valuations:
             continue
         try:
-            facts = _check_job(
+            facts = check_job(
                 db, verify, verify_valuation, period, job, envelopes[job.job_id], valuations[job.job_id]
             )
             allocations += allocate_job(policy, period, facts)

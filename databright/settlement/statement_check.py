@@ -18,24 +18,21 @@ when there is none.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from databright.crypto import digest_json
 from databright.db import ExchangeDB
 from databright.errors import DatabrightError, SettlementError
 from databright.ledger.accounts import EXCHANGE_FEE, account_for
 from databright.ledger.transfers import TransferCode
-from databright.settlement.allocation import Allocation, allocate_job, allocation_root, settled_job
+from databright.settlement.allocation import Allocation, allocate_job, allocation_root
+from databright.settlement.inputs import check_job, completed_jobs, load_envelope, load_valuation
 from databright.settlement.policy import AllocationPolicy
 from databright.settlement.result import check_period
 from databright.settlement.statements import find_statement
 from databright.storage.objectstore import ObjectStore
-from databright.training.valuation_store import get_valuation, load_valuation_envelope
-from databright.trust.valuation_receipts import check_binding
 
 
 @dataclass(frozen=True)
@@ -73,34 +70,14 @@ def _period_allocations(
     verify: Callable[[dict[str, Any]], Any],
     verify_valuation: Callable[[dict[str, Any]], Any],
 ) -> tuple[list[Allocation], int]:
-    """Every allocation of the period re-derived from the stored, re-verified receipts and the policy."""
-    jobs = db.query(
-        """SELECT job_id, trainer_id, payment, receipt_key FROM jobs
-           WHERE period = ? AND status = 'completed' ORDER BY job_id""",
-        [period],
-    )
+    """Every allocation of the period re-derived from the stored, re-verified receipts and the policy,
+    through the same per-job checks settlement runs (``inputs.check_job``)."""
+    jobs = completed_jobs(db, period)
     allocations: list[Allocation] = []
-    for job_id, trainer_id, payment, receipt_key in jobs:
-        envelope = json.loads(store.get_bytes(receipt_key))
-        receipt = verify(envelope)
-        signed = get_valuation(db, job_id)
-        if signed is None:
-            raise SettlementError(
-                f"job {job_id} of period {period} has no signed valuation to re-derive from"
-            )
-        valuation_envelope = load_valuation_envelope(store, signed)
-        valuation = verify_valuation(valuation_envelope)
-        check_binding(valuation, receipt, digest_json(envelope))
-        facts = settled_job(
-            job_id=job_id,
-            trainer_id=trainer_id,
-            provider_id=receipt.provider_id,
-            payment=int(payment),
-            receipt=receipt,
-            receipt_digest=digest_json(envelope),
-            values={owner: part.value for owner, part in valuation.owners.items()},
-            valuation_receipt_digest=digest_json(valuation_envelope),
-        )
+    for job in jobs:
+        envelope = load_envelope(store, job)
+        valuation_envelope = load_valuation(db, store, period, job)
+        facts = check_job(db, verify, verify_valuation, period, job, envelope, valuation_envelope)
         allocations += allocate_job(policy, period, facts)
     return allocations, len(jobs)
 
