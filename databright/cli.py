@@ -514,6 +514,36 @@ def settle_reject(
     _review(period, "reject", approver, reason)
 
 
+@settle_app.command("status")
+@reports_errors
+def settle_status(
+    period: Annotated[str | None, typer.Argument(help="One period (YYYY-MM); all if left out")] = None,
+) -> None:
+    """Show each period's settlement state, reviewer, reason and allocation root."""
+    from rich.table import Table
+
+    from databright.db import ExchangeDB
+
+    settings = _settings(None)
+    sql = (
+        "SELECT period, state, approver, reason, allocation_root, posted_at FROM settlements"
+        + (" WHERE period = ?" if period else "")
+        + " ORDER BY period"
+    )
+    found = ExchangeDB(settings.db_path).query(sql, [period] if period else [])
+    if not found:
+        console.print(
+            f"no settlement of {period} yet; propose it with `databright settle --period {period}`"
+            if period
+            else "no period has been settled yet; propose one with `databright settle --period YYYY-MM`"
+        )
+        return
+    table = Table("period", "state", "reviewer", "reason", "allocation root", "posted at")
+    for p, state, approver, reason, root, posted_at in found:
+        table.add_row(p, state, approver or "", reason or "", (root or "")[:16], str(posted_at or ""))
+    console.print(table)
+
+
 @statement_app.command("show")
 @reports_errors
 def statement_show(

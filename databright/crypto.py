@@ -17,6 +17,8 @@ import base64
 import hashlib
 import json
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,13 +143,23 @@ class SigningKey:
         pem = created._key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        # Written under a temporary name with owner-only permissions, then renamed: a crash never
-        # leaves a half-written key, and the key is never readable by others, even briefly.
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.touch(mode=0o600)
-        tmp.write_bytes(pem)
-        tmp.replace(path)
+        # Written under a unique temporary name with owner-only permissions, then hard-linked into
+        # place: a crash never leaves a half-written key, the key is never readable by others, and
+        # ``link`` refuses an existing name, so when two processes create the key at once exactly one
+        # file wins and the loser signs with the winner's key instead of one that no longer exists.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return cls.load_or_create(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return created
 
     def sign(self, message: bytes) -> bytes:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from databright.errors import RegistryError
+from databright.errors import DatabrightError, RegistryError
 
 if TYPE_CHECKING:
     import duckdb
@@ -105,3 +105,22 @@ class ExchangeDB:
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.connect() as con:
             return con.execute(sql, params or []).fetchall()
+
+
+@contextmanager
+def write_conflicts_as(error: type[DatabrightError], message: str, **context: Any) -> Iterator[None]:
+    """Raise ``error(message)`` when DuckDB rolls a transaction back because another one wrote the
+    same rows first.
+
+    DuckDB's optimistic concurrency reports a lost race as ``TransactionException`` (a write-write
+    conflict, at a statement or at COMMIT) or ``ConstraintException`` (the winner's key is already
+    there); ``ExchangeDB.transaction`` has rolled back by then, so the loser wrote nothing and may
+    simply run again. ``message`` says what was being done and how to retry; DuckDB's own words are
+    appended.
+    """
+    import duckdb
+
+    try:
+        yield
+    except (duckdb.TransactionException, duckdb.ConstraintException) as exc:
+        raise error(f"{message} (DuckDB: {exc})", **context) from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 
 import pytest
 from hypothesis import given
@@ -126,3 +127,24 @@ def test_keys_persist_with_owner_only_permissions(tmp_path):
 def test_a_malformed_envelope_is_an_integrity_error_not_a_crash(broken) -> None:
     with pytest.raises(IntegrityError, match="DSSE"):
         open_envelope(broken, "t", SigningKey.from_seed(b"bob").public_key)
+
+
+def test_keys_created_by_racing_threads_are_one_key(tmp_path):
+    """Sixteen threads create the same key file at once: every one must end up holding the key that is
+    on disk, or some signature would be made by a key nobody can load again."""
+    path = tmp_path / "keys" / "audit.pem"
+    barrier = threading.Barrier(16)
+    keys: list[SigningKey] = []
+
+    def create() -> None:
+        barrier.wait()
+        keys.append(SigningKey.load_or_create(path))
+
+    threads = [threading.Thread(target=create) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    on_disk = SigningKey.load_or_create(path).public_key
+    assert len(keys) == 16 and {k.public_key.key_id for k in keys} == {on_disk.key_id}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["audit.pem"]  # no temporary file left

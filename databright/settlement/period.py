@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from databright.crypto import SigningKey
-from databright.db import ExchangeDB
+from databright.db import ExchangeDB, write_conflicts_as
 from databright.errors import SettlementConflict, SettlementError
 from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, EXCHANGE_FEE, carried_holder
 from databright.ledger.audit_log import checkpoint
@@ -293,19 +294,20 @@ def propose_period(
     (chains, equivocation, dataset roots, stored once) instead of ``verify`` alone.
     """
     check_period(period)
-    jobs = jobs_to_settle(db, period)
-    _claim_unless_reviewed(db, period)
-    found = verify_inputs(
-        db,
-        store,
-        period=period,
-        policy=policy,
-        jobs=jobs,
-        verify=verify,
-        verify_valuation=verify_valuation,
-        intake=intake,
-    )
-    return _propose(db, policy, found)
+    with _one_run_at_a_time(period):
+        jobs = jobs_to_settle(db, period)
+        _claim_unless_reviewed(db, period)
+        found = verify_inputs(
+            db,
+            store,
+            period=period,
+            policy=policy,
+            jobs=jobs,
+            verify=verify,
+            verify_valuation=verify_valuation,
+            intake=intake,
+        )
+        return _propose(db, policy, found)
 
 
 def _not_approved(period: str, row: rows.SettlementRow | None) -> str:
@@ -382,22 +384,23 @@ def post_period(
     ``audit_key`` a signed checkpoint of the audit log is exported to ``store`` afterwards.
     """
     check_period(period)
-    jobs = jobs_to_settle(db, period)
-    with db.transaction() as con:
-        row = rows.read_settlement(con, period)
-    if row is None or row.state not in ("approved", "posted"):
-        raise SettlementError(_not_approved(period, row), period=period)
-    found = verify_inputs(
-        db,
-        store,
-        period=period,
-        policy=policy,
-        jobs=jobs,
-        verify=verify,
-        verify_valuation=verify_valuation,
-        intake=intake,
-    )
-    return _post(db, policy, found, statements_dir, provenance, store, audit_key)
+    with _one_run_at_a_time(period):
+        jobs = jobs_to_settle(db, period)
+        with db.transaction() as con:
+            row = rows.read_settlement(con, period)
+        if row is None or row.state not in ("approved", "posted"):
+            raise SettlementError(_not_approved(period, row), period=period)
+        found = verify_inputs(
+            db,
+            store,
+            period=period,
+            policy=policy,
+            jobs=jobs,
+            verify=verify,
+            verify_valuation=verify_valuation,
+            intake=intake,
+        )
+        return _post(db, policy, found, statements_dir, provenance, store, audit_key)
 
 
 def settle_period(
@@ -420,23 +423,36 @@ def settle_period(
     allocation root of that one verification against the period's row.
     """
     check_period(period)
-    approver = check_reviewer(approver)
-    jobs = jobs_to_settle(db, period)
-    _claim_unless_reviewed(db, period)
-    found = verify_inputs(
-        db,
-        store,
+    with _one_run_at_a_time(period):
+        approver = check_reviewer(approver)
+        jobs = jobs_to_settle(db, period)
+        _claim_unless_reviewed(db, period)
+        found = verify_inputs(
+            db,
+            store,
+            period=period,
+            policy=policy,
+            jobs=jobs,
+            verify=verify,
+            verify_valuation=verify_valuation,
+            intake=intake,
+        )
+        proposal = _propose(db, policy, found)
+        if proposal.state == "proposed":
+            approve_period(db, period=period, approver=approver, allocation_root=proposal.allocation_root)
+        return _post(db, policy, found, statements_dir, provenance, store, audit_key)
+
+
+def _one_run_at_a_time(period: str) -> AbstractContextManager[None]:
+    """The loser of two runs settling one period at once gets this error, not DuckDB's: its
+    transaction was rolled back, so it wrote nothing and running again is safe."""
+    return write_conflicts_as(
+        SettlementError,
+        f"another run was settling period {period} at the same moment and wrote first; this run was "
+        "rolled back and wrote nothing. Wait for the other run, then run again: unchanged inputs then "
+        "keep its proposal, approval or posting",
         period=period,
-        policy=policy,
-        jobs=jobs,
-        verify=verify,
-        verify_valuation=verify_valuation,
-        intake=intake,
     )
-    proposal = _propose(db, policy, found)
-    if proposal.state == "proposed":
-        approve_period(db, period=period, approver=approver, allocation_root=proposal.allocation_root)
-    return _post(db, policy, found, statements_dir, provenance, store, audit_key)
 
 
 def _check_same(period: str, row: rows.SettlementRow, digest: str, root: str) -> None:

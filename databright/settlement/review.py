@@ -15,7 +15,9 @@ call or a resumed flow run cannot record two decisions.
 
 from __future__ import annotations
 
-from databright.db import ExchangeDB
+from contextlib import AbstractContextManager
+
+from databright.db import ExchangeDB, write_conflicts_as
 from databright.errors import SettlementError
 from databright.settlement import store as rows
 from databright.settlement.result import check_period
@@ -74,6 +76,16 @@ def _check_root(period: str, row: rows.SettlementRow, allocation_root: str | Non
         )
 
 
+def _one_reviewer_at_a_time(period: str) -> AbstractContextManager[None]:
+    return write_conflicts_as(
+        SettlementError,
+        f"another decision on period {period} (or a new proposal of it) was written at the same moment "
+        "and came first; this one was rolled back. Look at the period's state "
+        "(`databright settle status PERIOD` or the Prefect UI), then decide again if it still needs you",
+        period=period,
+    )
+
+
 def approve_period(
     db: ExchangeDB,
     *,
@@ -89,7 +101,7 @@ def approve_period(
     """
     check_period(period)
     approver = check_reviewer(approver)
-    with db.transaction() as con:
+    with _one_reviewer_at_a_time(period), db.transaction() as con:
         row = rows.read_settlement(con, period)
         if row is None or row.state not in ("proposed", "approved", "posted"):
             raise SettlementError(_fix_for(period, row), period=period)
@@ -123,7 +135,7 @@ def reject_period(
             f"rejecting period {period} needs a reason (what is wrong with the proposal), so whoever fixes "
             "the inputs knows what to fix; pass --reason"
         )
-    with db.transaction() as con:
+    with _one_reviewer_at_a_time(period), db.transaction() as con:
         row = rows.read_settlement(con, period)
         if row is not None and row.state == "posted":
             raise SettlementError(

@@ -3,10 +3,10 @@
 Whatever the interleaving, exactly one posting commits: the transfers are exactly those of a single
 run (same ids and content), each logged once in the audit chain, and ``verify_ledger`` holds. The
 loser either finds the period posted (and returns the same ``Settlement``) or fails; it must fail
-with a ``DatabrightError`` that says what to do. Today two threads that meet inside the posting
-transaction lose on DuckDB's primary key with a raw ``duckdb`` exception: that test is marked
-``xfail(strict=True)`` and names the fix. Then: same inputs again post nothing; different inputs
-for the posted period raise ``SettlementConflict``.
+with a ``SettlementError`` that says another run was settling and that running again is safe (two
+threads that meet inside the posting transaction lose on DuckDB's primary key; settlement
+translates that). Then: same inputs again post nothing; different inputs for the posted period
+raise ``SettlementConflict``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from settlement_testkit import PERIOD, add_job, make_receipt
 import databright.ledger.store as ledger_store
 from databright.crypto import SigningKey
 from databright.db import ExchangeDB
-from databright.errors import DatabrightError, SettlementConflict
+from databright.errors import DatabrightError, SettlementConflict, SettlementError
 from databright.settlement import AllocationPolicy, Settlement
 from databright.storage.objectstore import LocalObjectStore
 
@@ -137,20 +137,13 @@ def test_two_threads_meeting_in_posting_commit_once(home, reference, monkeypatch
     assert_settled_once(home, reference)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the thread that loses the posting race gets a raw duckdb ConstraintException / "
-    "TransactionException (duplicate audit_log seq or transfer id at INSERT or COMMIT), not a "
-    "DatabrightError. Fix: in settlement (period._propose/_post) or ExchangeDB.transaction, translate "
-    "duckdb.TransactionException and ConstraintException, COMMIT included, into SettlementError "
-    "('another run is settling period P; wait for it, then run again'), as ReceiptIntake does",
-)
 def test_the_losing_thread_gets_a_clear_databright_error(home, reference, monkeypatch):
     outcomes = race_in_threads(home, meet_in_posting=True, monkeypatch=monkeypatch)
     lost = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(lost) == 1, outcomes
-    assert isinstance(lost[0], DatabrightError), f"{type(lost[0]).__module__}.{type(lost[0]).__name__}"
-    assert "settl" in str(lost[0])
+    assert isinstance(lost[0], SettlementError), f"{type(lost[0]).__module__}.{type(lost[0]).__name__}"
+    assert "another run was settling period" in str(lost[0]) and "run again" in str(lost[0])
+    assert_settled_once(home, reference)
 
 
 def test_two_threads_started_together_settle_once(home, reference, monkeypatch):
