@@ -612,6 +612,69 @@ def ledger_deposit(
     )
 
 
+@ledger_app.command("deposit-unmatched")
+@reports_errors
+def ledger_deposit_unmatched(
+    amount: Annotated[str, typer.Argument(help="Amount in DBX, e.g. 25")],
+    reference: Annotated[str, typer.Option(help="External payment reference; repeating it is a no-op")],
+) -> None:
+    """Book money whose reference names no trainer yet: it waits in suspense until matched."""
+    from databright.ledger import deposit_unmatched
+
+    transfer = deposit_unmatched(_settings().exchange_db(), _amount(amount), reference)
+    console.print(
+        f"suspense holds {format_amount(transfer.amount)} under {reference}; match it with "
+        f"`databright ledger match {reference} TRAINER`"
+    )
+
+
+@ledger_app.command("match")
+@reports_errors
+def ledger_match(
+    reference: Annotated[str, typer.Argument(help="Reference of the unmatched deposit")],
+    trainer: Annotated[str, typer.Argument(help="Trainer id it belongs to")],
+) -> None:
+    """Move an unmatched deposit from suspense to the trainer it belongs to."""
+    from databright.ledger import match_deposit
+
+    transfer = match_deposit(_settings().exchange_db(), reference, trainer)
+    console.print(f"{transfer.credit_account} credited {format_amount(transfer.amount)} from suspense")
+
+
+@ledger_app.command("withdraw")
+@reports_errors
+def ledger_withdraw(
+    holder: Annotated[str, typer.Argument(help="Account, e.g. contributor:alice or provider:p1")],
+    amount: Annotated[str, typer.Argument(help="Amount in DBX, e.g. 25")],
+    reference: Annotated[str, typer.Option(help="Payout reference at the bank; repeating it is a no-op")],
+) -> None:
+    """Request a payout: the amount moves to payout clearing until the bank sends or returns it."""
+    from databright.ledger import request_withdrawal
+
+    transfer = request_withdrawal(_settings().exchange_db(), holder, _amount(amount), reference)
+    console.print(
+        f"{format_amount(transfer.amount)} of {holder} is in payout clearing; when the bank reports, run "
+        f"`databright ledger withdrawal {holder} --reference {reference} --outcome sent|returned`"
+    )
+
+
+@ledger_app.command("withdrawal")
+@reports_errors
+def ledger_withdrawal(
+    holder: Annotated[str, typer.Argument(help="Account that requested the payout")],
+    reference: Annotated[str, typer.Option(help="Payout reference given to `ledger withdraw`")],
+    outcome: Annotated[str, typer.Option(help="What the bank reported: sent or returned")],
+) -> None:
+    """Record the bank's outcome of a payout: sent (it leaves the exchange) or returned (to the holder)."""
+    from databright.ledger import confirm_withdrawal, return_withdrawal
+
+    record = {"sent": confirm_withdrawal, "returned": return_withdrawal}.get(outcome)
+    if record is None:
+        raise typer.BadParameter(f"--outcome is {outcome!r}; write sent or returned")
+    transfer = record(_settings().exchange_db(), holder, reference)
+    console.print(f"withdrawal {reference} of {holder}: {format_amount(transfer.amount)} {outcome}")
+
+
 @ledger_app.command("verify")
 @reports_errors
 def ledger_verify() -> None:

@@ -44,6 +44,7 @@ def render_job(job: TrainingJob, console: Console) -> None:
         ("status", job.status),
         ("trainer", job.trainer_id),
         ("payment", format_amount(job.payment)),
+        ("budget escrowed", f"{format_amount(job.budget)} (unused part refunded at settlement)"),
         ("dataset", f"{job.dataset}@v{job.dataset_version}"),
         ("task", job.task),
         ("provider", job.provider_id or "-"),

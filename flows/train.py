@@ -25,6 +25,12 @@ class TrainConfig(BaseModel):
         description="Trainer's validation file (CSV or Parquet) the data is valued against"
     )
     payment: int = Field(description="What the job pays, in minor units (1 DBX = 1 000 000)", gt=0)
+    budget: int | None = Field(
+        None,
+        description="Most the trainer will spend, in minor units; escrowed at submission, and what the job "
+        "does not use (budget - payment) is refunded at settlement. Empty: exactly the payment",
+        gt=0,
+    )
     trainer: str = Field(description="Trainer id whose account pays", min_length=1, max_length=64)
     task: str = Field("tabular_logreg", description="Enclave task to run")
     seed: int = Field(11, description="Training seed", ge=0)
@@ -45,7 +51,9 @@ def run_on_pool(settings: Settings, config: TrainConfig, version: DatasetVersion
     db = settings.exchange_db()
     job_id = job_id_for(
         {
-            **config.model_dump(exclude={"validation", "version"}),
+            # The budget is how the job is paid for, not what is asked: a retry with another budget is
+            # the same request and must not become a second job.
+            **config.model_dump(exclude={"validation", "version", "budget"}),
             "period": settings.period,
             "dataset_version": version.version,
             "validation_sha256": validation_digest(Path(config.validation)),
@@ -66,6 +74,7 @@ def run_on_pool(settings: Settings, config: TrainConfig, version: DatasetVersion
             payment=config.payment,
             provider_id=offer.provider_id,
             offer_id=offer.offer_id,
+            budget=config.budget,
         )
         return execute_job(
             settings, db, pool, offer, job, version, validation=Path(config.validation), seed=config.seed

@@ -88,3 +88,37 @@ def test_ledger_deposit_is_idempotent_per_reference(runner, settings):
         assert result.exit_code == 0, result.output
         assert "trainer:acme credited 25.000000 DBX" in result.output
     assert balance(settings.exchange_db(), "trainer:acme") == 25_000_000
+
+
+def test_ledger_cash_commands_move_money_through_suspense_and_payout_clearing(runner, settings):
+    from databright.ledger import balance, verify_ledger
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(app, ["ledger", *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "suspense holds 10.000000 DBX under bank-9" in ok(
+        "deposit-unmatched", "10", "--reference", "bank-9"
+    )
+    assert "trainer:acme credited 10.000000 DBX from suspense" in ok("match", "bank-9", "acme")
+    assert "is in payout clearing" in ok("withdraw", "trainer:acme", "4", "--reference", "out-1")
+    assert "4.000000 DBX sent" in ok(
+        "withdrawal", "trainer:acme", "--reference", "out-1", "--outcome", "sent"
+    )
+    db = settings.exchange_db()
+    assert balance(db, "trainer:acme") == 6_000_000
+    assert verify_ledger(db).ok
+    bad = runner.invoke(
+        app, ["ledger", "withdrawal", "trainer:acme", "--reference", "out-1", "--outcome", "lost"]
+    )
+    assert bad.exit_code != 0 and "write sent or returned" in bad.output
+
+
+def test_settle_status_without_settlements_says_how_to_propose(runner, settings):
+    result = runner.invoke(app, ["settle", "status"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "no period has been settled yet; propose one with `databright settle --period YYYY-MM`"
+        in result.output
+    )

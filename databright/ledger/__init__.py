@@ -5,9 +5,13 @@
 * ``transfers`` — ``Transfer`` (integer minor units, deterministic id from an idempotency key) and
   ``TransferCode`` (deposit, escrow, settle_data, settle_compute, settle_fee, payout, refund, ...).
 * ``store`` — ``Ledger(db).post(con, transfers)`` inside the caller's transaction: retries are no-ops,
-  conflicting retries raise ``LedgerConflict``, overdrafts are refused whole. Helpers for the other
-  domains: ``deposit``, ``escrow_job_payment``, ``refund_job_payment``, ``balance``,
+  conflicting retries raise ``LedgerConflict``, overdrafts are refused whole; ``balance``,
   ``account_balances``.
+* ``escrow`` — a job's budget: ``escrow_job_payment`` at submission, ``refund_job_payment`` when it
+  fails, ``close_escrow`` (payment to revenue, unused budget back) when its period settles.
+* ``cash`` — the boundary: ``deposit``, ``deposit_unmatched`` / ``match_deposit`` (through
+  ``suspense``), ``request_withdrawal`` / ``confirm_withdrawal`` / ``return_withdrawal`` (through
+  ``payout_clearing``).
 * ``audit_log`` — the audit chain: every transfer and settlement write appends a hash-chained
   ``audit_log`` row in its own transaction; ``checkpoint(db, store, load_audit_key(keys_dir))`` signs
   the RFC 6962 root and exports it to ``audit/checkpoints/``; ``verify_audit_chain`` checks it all.
@@ -28,6 +32,10 @@ from databright.ledger.accounts import (
     ESCROW,
     EXCHANGE_FEE,
     EXTERNAL_DEPOSITS,
+    EXTERNAL_PAYOUTS,
+    PAYOUT_CLEARING,
+    REVENUE,
+    SUSPENSE,
     Account,
     AccountKind,
     account_for,
@@ -43,14 +51,16 @@ from databright.ledger.audit_log import (
     load_audit_key,
     verify_audit_chain,
 )
-from databright.ledger.store import (
-    Ledger,
-    account_balances,
-    balance,
+from databright.ledger.cash import (
+    confirm_withdrawal,
     deposit,
-    escrow_job_payment,
-    refund_job_payment,
+    deposit_unmatched,
+    match_deposit,
+    request_withdrawal,
+    return_withdrawal,
 )
+from databright.ledger.escrow import close_escrow, escrow_job_payment, refund_job_payment
+from databright.ledger.store import Ledger, account_balances, balance
 from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, transfer_id_for
 from databright.ledger.verify import Check, LedgerReport, verify_ledger
 
@@ -61,7 +71,11 @@ __all__ = [
     "ESCROW",
     "EXCHANGE_FEE",
     "EXTERNAL_DEPOSITS",
+    "EXTERNAL_PAYOUTS",
+    "PAYOUT_CLEARING",
+    "REVENUE",
     "SETTLE_CODES",
+    "SUSPENSE",
     "Account",
     "AccountKind",
     "AuditChainReport",
@@ -76,12 +90,18 @@ __all__ = [
     "audit_public_key",
     "balance",
     "checkpoint",
+    "close_escrow",
+    "confirm_withdrawal",
     "contributor_account",
     "deposit",
+    "deposit_unmatched",
     "escrow_job_payment",
     "load_audit_key",
+    "match_deposit",
     "provider_account",
     "refund_job_payment",
+    "request_withdrawal",
+    "return_withdrawal",
     "trainer_account",
     "transfer_id_for",
     "verify_audit_chain",

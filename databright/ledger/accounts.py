@@ -2,9 +2,18 @@
 
 An account id says what it is: ``<kind>:<holder>`` for accounts that belong to someone
 (``trainer:acme``, ``contributor:alice``, ``provider:p1``) and a bare name for the exchange's own
-accounts (``escrow``, ``data_pool``, ``compute_pool``, ``exchange_fee``). ``external:deposits`` is
-the other side of every deposit: money entering the exchange from outside, so it is the one account
-allowed to run a debit balance (it goes as negative as the exchange holds money).
+accounts. Money follows them in this order::
+
+    external:deposits -> trainer:<id> -> escrow -> revenue -> data_pool / compute_pool / exchange_fee
+        -> contributor:<id> / provider:<id> -> payout_clearing -> external:payouts
+
+``escrow`` holds a job's budget from submission until its period is settled; settlement recognises
+the job's payment as ``revenue`` and refunds the unused budget to the trainer, and ``revenue`` is
+split at once into the two pools and the fee, so it ends every settlement at zero (``payouts =
+revenue``). ``payout_clearing`` holds withdrawals that are on their way out of the exchange until the
+bank confirms or returns them; ``suspense`` holds money that arrived but cannot be matched to a
+trainer yet (an unknown reference). ``external:*`` accounts are the world outside — ``deposits``
+where money enters, ``payouts`` where it leaves — so they alone may run a debit balance.
 
 ``carry_over:<kind>.<holder>`` (``carry_over:contributor.alice``) holds what a contributor or
 provider earned but was not paid because their period total stayed below the policy's minimum
@@ -34,7 +43,11 @@ ESCROW = "escrow"
 DATA_POOL = "data_pool"
 COMPUTE_POOL = "compute_pool"
 EXCHANGE_FEE = "exchange_fee"
+REVENUE = "revenue"
+SUSPENSE = "suspense"
+PAYOUT_CLEARING = "payout_clearing"
 EXTERNAL_DEPOSITS = "external:deposits"
+EXTERNAL_PAYOUTS = "external:payouts"
 
 
 class AccountKind(StrEnum):
@@ -45,6 +58,9 @@ class AccountKind(StrEnum):
     DATA_POOL = "data_pool"
     COMPUTE_POOL = "compute_pool"
     EXCHANGE_FEE = "exchange_fee"
+    REVENUE = "revenue"
+    SUSPENSE = "suspense"
+    PAYOUT_CLEARING = "payout_clearing"
     EXTERNAL = "external"
     CARRY_OVER = "carry_over"
 
@@ -55,6 +71,9 @@ _SYSTEM_KINDS = {
     DATA_POOL: AccountKind.DATA_POOL,
     COMPUTE_POOL: AccountKind.COMPUTE_POOL,
     EXCHANGE_FEE: AccountKind.EXCHANGE_FEE,
+    REVENUE: AccountKind.REVENUE,
+    SUSPENSE: AccountKind.SUSPENSE,
+    PAYOUT_CLEARING: AccountKind.PAYOUT_CLEARING,
 }
 _HOLDER = re.compile(r"^[A-Za-z0-9._@-]{1,128}$")
 

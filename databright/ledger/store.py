@@ -16,15 +16,12 @@ from typing import TYPE_CHECKING
 from databright.db import ExchangeDB
 from databright.errors import LedgerConflict, LedgerError
 from databright.ledger.accounts import (
-    ESCROW,
-    EXTERNAL_DEPOSITS,
     Account,
     AccountKind,
     account_for,
-    trainer_account,
 )
 from databright.ledger.audit_log import record_transfers
-from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, check_amount
+from databright.ledger.transfers import Transfer
 from databright.money import format_minor
 
 if TYPE_CHECKING:
@@ -250,6 +247,18 @@ class Ledger:
         """Every account's balance, by account id."""
         return {r[0]: int(r[1]) for r in self.db.query(_ALL_BALANCES_SQL)}
 
+    def transfers_by_id(
+        self, transfer_ids: Sequence[str], con: duckdb.DuckDBPyConnection | None = None
+    ) -> list[Transfer]:
+        """The posted transfers among ``transfer_ids`` (ids not posted are left out), by id."""
+        sql = f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = ANY(?) ORDER BY transfer_id"
+        rows = (
+            self.db.query(sql, [list(transfer_ids)])
+            if con is None
+            else con.execute(sql, [list(transfer_ids)]).fetchall()
+        )
+        return [Transfer.from_row(r) for r in rows]
+
     def transfers(self, *, period: str | None = None, job_id: str | None = None) -> list[Transfer]:
         sql = f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE 1 = 1"
         params: list[object] = []
@@ -263,119 +272,7 @@ class Ledger:
         return [Transfer.from_row(r) for r in rows]
 
 
-# --- the movements other domains ask for --------------------------------------------------------
-
-
-def deposit(db: ExchangeDB, trainer_id: str, amount: int, reference: str) -> Transfer:
-    """Credit a trainer with money received from outside; ``reference`` (e.g. a bank reference)
-    makes a repeated call with the same reference a no-op."""
-    check_amount(amount, f"deposit for trainer {trainer_id!r}")
-    if not isinstance(reference, str) or not reference:
-        raise LedgerError(
-            f"deposit reference {reference!r} is empty; pass the payment's external reference so a "
-            "retried deposit is not counted twice"
-        )
-    transfer = Transfer.create(
-        {"kind": "deposit", "trainer": trainer_id, "reference": reference},
-        debit_account=EXTERNAL_DEPOSITS,
-        credit_account=trainer_account(trainer_id),
-        amount=amount,
-        code=TransferCode.DEPOSIT,
-        memo=f"deposit {reference}",
-    )
-    with db.transaction() as con:
-        Ledger(db).post(con, [transfer])
-    return transfer
-
-
-def _job_transfer(
-    kind: str,
-    code: TransferCode,
-    *,
-    trainer_id: str,
-    job_id: str,
-    period: str,
-    amount: int,
-    debit: str,
-    credit: str,
-) -> Transfer:
-    check_amount(amount, f"{kind} amount of job {job_id!r}")
-    return Transfer.create(
-        {"kind": kind, "job": job_id},
-        debit_account=debit,
-        credit_account=credit,
-        amount=amount,
-        code=code,
-        period=period,
-        job_id=job_id,
-        memo=f"{kind} job {job_id} of trainer {trainer_id}",
-    )
-
-
-def escrow_job_payment(db: ExchangeDB, *, trainer_id: str, job_id: str, period: str, amount: int) -> Transfer:
-    """Move a job's payment from the trainer to escrow, where it waits for the period's settlement.
-
-    Calling it again for the same job with the same amount is a no-op; with another amount it
-    raises ``LedgerConflict``.
-    """
-    account = trainer_account(trainer_id)
-    transfer = _job_transfer(
-        "escrow",
-        TransferCode.ESCROW,
-        trainer_id=trainer_id,
-        job_id=job_id,
-        period=period,
-        amount=amount,
-        debit=account,
-        credit=ESCROW,
-    )
-    ledger = Ledger(db)
-    with db.transaction() as con:
-        retry = con.execute(
-            "SELECT count(*) FROM transfers WHERE transfer_id = ?", [transfer.transfer_id]
-        ).fetchall()[0][0]
-        held = ledger.balance(account, con)
-        if held < amount and not retry:
-            raise LedgerError(
-                f"trainer {trainer_id!r} holds {format_minor(held)} minor units, short of the "
-                f"{format_minor(amount)} needed to escrow job {job_id!r}; deposit at least "
-                f"{format_minor(amount - held)} more and submit again",
-                account=account,
-                balance=held,
-                amount=amount,
-            )
-        ledger.post(con, [transfer])
-    return transfer
-
-
-def refund_job_payment(db: ExchangeDB, *, trainer_id: str, job_id: str, period: str, amount: int) -> Transfer:
-    """Return a failed job's escrowed payment to its trainer (idempotent per job)."""
-    transfer = _job_transfer(
-        "refund",
-        TransferCode.REFUND,
-        trainer_id=trainer_id,
-        job_id=job_id,
-        period=period,
-        amount=amount,
-        debit=ESCROW,
-        credit=trainer_account(trainer_id),
-    )
-    with db.transaction() as con:
-        escrowed, settled = con.execute(
-            """SELECT COALESCE(SUM(amount) FILTER (WHERE code = $2), 0::HUGEINT),
-                      count(*) FILTER (WHERE code = ANY($3))
-               FROM transfers WHERE job_id = $1""",
-            [job_id, int(TransferCode.ESCROW), [int(c) for c in SETTLE_CODES]],
-        ).fetchall()[0]
-        if settled or int(escrowed) != amount:
-            raise LedgerError(
-                f"job {job_id!r} cannot be refunded {format_minor(amount)}: escrow holds "
-                f"{format_minor(int(escrowed))} for it and it has {settled} settlement legs; only an "
-                "escrowed, unsettled job is refunded, for exactly its escrowed payment",
-                job_id=job_id,
-            )
-        Ledger(db).post(con, [transfer])
-    return transfer
+# --- shortcuts for callers outside a transaction -------------------------------------------------
 
 
 def balance(db: ExchangeDB, account_id: str) -> int:

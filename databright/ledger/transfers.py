@@ -22,15 +22,21 @@ class TransferCode(IntEnum):
     """Why money moved (TigerBeetle's ``code``): a small int in the table, a name in reports."""
 
     DEPOSIT = 1  # external:deposits -> trainer:<id>
-    ESCROW = 2  # trainer:<id> -> escrow, when a job is submitted
-    SETTLE_DATA = 3  # escrow -> data_pool, a job's data share
-    SETTLE_COMPUTE = 4  # escrow -> compute_pool, a job's compute share
-    SETTLE_FEE = 5  # escrow -> exchange_fee
+    ESCROW = 2  # trainer:<id> -> escrow, a job's budget when it is submitted
+    SETTLE_DATA = 3  # revenue -> data_pool, a job's data share
+    SETTLE_COMPUTE = 4  # revenue -> compute_pool, a job's compute share
+    SETTLE_FEE = 5  # revenue -> exchange_fee
     PAYOUT = 6  # data_pool -> contributor:<id>, compute_pool -> provider:<id>
-    REFUND = 7  # escrow -> trainer:<id>, for a job that failed
+    REFUND = 7  # escrow -> trainer:<id>: a failed job's budget, or the unused rest of a settled one's
     REVERSAL = 8  # a correction: the mirror of an earlier transfer
     CARRY_OVER = 9  # contributor/provider -> carry_over:<kind>.<id>, a payout below the policy minimum
     CARRY_RELEASE = 10  # carry_over:<kind>.<id> -> the holder, once their due reaches the minimum
+    RECOGNISE = 11  # escrow -> revenue, a settled job's payment (its period's revenue)
+    DEPOSIT_UNMATCHED = 12  # external:deposits -> suspense, money whose reference names no trainer yet
+    SUSPENSE_MATCHED = 13  # suspense -> trainer:<id>, once the deposit is matched to its trainer
+    WITHDRAWAL = 14  # contributor/provider -> payout_clearing, a payout requested to the holder's bank
+    WITHDRAWAL_SENT = 15  # payout_clearing -> external:payouts, the bank confirmed it left
+    WITHDRAWAL_RETURNED = 16  # payout_clearing -> the holder, the bank returned it
 
     @property
     def label(self) -> str:
@@ -40,7 +46,7 @@ class TransferCode(IntEnum):
 #: The codes that move sub-minimum payouts to and from the holders' carry-over accounts.
 CARRY_CODES = (TransferCode.CARRY_OVER, TransferCode.CARRY_RELEASE)
 
-#: The codes that take a job's payment out of escrow at settlement.
+#: The codes that split a job's recognised payment (revenue) into pools and fee at settlement.
 SETTLE_CODES = (TransferCode.SETTLE_DATA, TransferCode.SETTLE_COMPUTE, TransferCode.SETTLE_FEE)
 
 

@@ -6,10 +6,14 @@ the rows, so a bug, a manual ``INSERT`` or a damaged file shows up as a named fa
 * transfers balanced per ledger — every transfer's two accounts exist on the transfer's ledger, so
   the net balances of each ledger's accounts sum to zero;
 * flagged accounts non-negative — no ``debits_must_not_exceed_credits`` account is overdrawn;
-* per-job conservation — the data, compute and fee legs out of escrow for a settled job add up to
-  the job's payment exactly, and each job's pool credits are paid out in full;
-* pools empty — the data pool and the compute pool net to zero after payouts;
-* escrow — escrow holds exactly the payments of the jobs that are escrowed and not yet settled;
+* per-job conservation — a settled job's payment is recognised as revenue exactly, its data, compute
+  and fee legs out of revenue add up to it, its escrow is closed, and its pool credits are paid out;
+* per-period conservation — payouts plus the fee equal the period's revenue;
+* pass-through accounts empty — revenue, the data pool and the compute pool net to zero;
+* escrow — escrow holds exactly the budgets of the jobs that are neither settled nor refunded, and
+  releases each budget whole;
+* account purposes — escrow, revenue, suspense and payout clearing are moved only by their own
+  transfer codes; payout clearing holds exactly the withdrawals in flight;
 * audit chain (given the object store and the audit public key) — the hash chain recomputes, every
   transfer, settlement and allocation row matches its entry, and the log agrees with every signed
   checkpoint (``databright.ledger.audit_log.verify_audit_chain``). A ledger with a posted settlement
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING
 from databright.crypto import PublicKey
 from databright.db import ExchangeDB
 from databright.errors import LedgerError, LedgerInvariantBroken
-from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW
+from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, PAYOUT_CLEARING, REVENUE, SUSPENSE
 from databright.ledger.audit_log import verify_audit_chain
 from databright.ledger.store import BALANCE_SQL
 from databright.ledger.transfers import SETTLE_CODES, TransferCode
@@ -161,32 +165,40 @@ def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
     rows = con.execute(
         """
         SELECT t.job_id,
-               SUM(t.amount) FILTER (WHERE t.code = ANY($1) AND t.debit_account = $2),
-               count(*) FILTER (WHERE t.code = ANY($1) AND t.debit_account <> $2),
-               COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $3), 0::HUGEINT)
-                 - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $3), 0::HUGEINT),
-               COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $4), 0::HUGEINT)
-                 - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $4), 0::HUGEINT),
+               COALESCE(SUM(t.amount) FILTER (WHERE t.code = $1 AND t.debit_account = $2
+                                              AND t.credit_account = $3), 0::HUGEINT),
+               COALESCE(SUM(t.amount) FILTER (WHERE t.code = ANY($4) AND t.debit_account = $3), 0::HUGEINT),
+               count(*) FILTER (WHERE t.code = ANY($4) AND t.debit_account <> $3),
+               COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $5), 0::HUGEINT)
+                 - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $5), 0::HUGEINT),
+               COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $6), 0::HUGEINT)
+                 - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $6), 0::HUGEINT),
+               COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $2), 0::HUGEINT)
+                 - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $2), 0::HUGEINT),
                any_value(j.payment)
         FROM transfers t LEFT JOIN jobs j USING (job_id)
         WHERE t.job_id IS NOT NULL
         GROUP BY t.job_id
-        HAVING count(*) FILTER (WHERE t.code = ANY($1)) > 0
-            OR count(*) FILTER (WHERE t.credit_account IN ($3, $4) OR t.debit_account IN ($3, $4)) > 0
+        HAVING count(*) FILTER (WHERE t.code = $1 OR t.code = ANY($4)) > 0
+            OR count(*) FILTER (WHERE t.credit_account IN ($5, $6) OR t.debit_account IN ($5, $6)) > 0
         ORDER BY t.job_id
         """,
-        [settle, ESCROW, DATA_POOL, COMPUTE_POOL],
+        [int(TransferCode.RECOGNISE), ESCROW, REVENUE, settle, DATA_POOL, COMPUTE_POOL],
     ).fetchall()
     checks = []
-    for job_id, legs, stray, data_left, compute_left, payment in rows:
-        legs = int(legs or 0)
+    for job_id, recognised, legs, stray, data_left, compute_left, escrow_left, payment in rows:
+        recognised, legs = int(recognised), int(legs)
         problems = []
         if payment is None:
             problems.append("no such job in the jobs table")
-        elif legs != int(payment):
-            problems.append(f"payouts {format_minor(legs)} != payment {format_minor(int(payment))}")
+        elif recognised != int(payment):
+            problems.append(f"revenue {format_minor(recognised)} != payment {format_minor(int(payment))}")
+        if legs != recognised:
+            problems.append(f"pools and fee got {format_minor(legs)} of revenue {format_minor(recognised)}")
         if stray:
-            problems.append(f"{stray} settlement leg(s) not debiting escrow")
+            problems.append(f"{stray} settlement leg(s) not debiting revenue")
+        if int(escrow_left) != 0:
+            problems.append(f"escrow keeps {format_minor(int(escrow_left))} of its budget after settlement")
         if int(data_left) != 0:
             problems.append(f"data pool keeps {format_minor(int(data_left))} of it")
         if int(compute_left) != 0:
@@ -198,53 +210,186 @@ def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
                 Check(
                     "job_conservation",
                     True,
-                    f"job {job_id}: payouts {format_minor(legs)} = payment {format_minor(legs)}",
+                    f"job {job_id}: payouts {format_minor(legs)} = revenue = payment, escrow closed",
                 )
             )
     return checks
 
 
-def _pools_empty(con: duckdb.DuckDBPyConnection) -> list[Check]:
-    nets = {pool: _balance(con, pool) for pool in (DATA_POOL, COMPUTE_POOL)}
+def _period_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
+    """Per period: what was recognised as revenue left it again, as payouts, carries and the fee."""
+    rows = con.execute(
+        """
+        SELECT period,
+               COALESCE(SUM(amount) FILTER (WHERE code = $1), 0::HUGEINT),
+               COALESCE(SUM(amount) FILTER (WHERE debit_account = $2), 0::HUGEINT),
+               COALESCE(SUM(amount) FILTER (WHERE code = $3 AND debit_account IN ($4, $5)), 0::HUGEINT),
+               COALESCE(SUM(amount) FILTER (WHERE code = $6), 0::HUGEINT)
+        FROM transfers WHERE period IS NOT NULL
+        GROUP BY period
+        HAVING count(*) FILTER (WHERE code = $1 OR debit_account = $2 OR credit_account = $2) > 0
+        ORDER BY period
+        """,
+        [
+            int(TransferCode.RECOGNISE),
+            REVENUE,
+            int(TransferCode.PAYOUT),
+            DATA_POOL,
+            COMPUTE_POOL,
+            int(TransferCode.SETTLE_FEE),
+        ],
+    ).fetchall()
+    checks = []
+    for period, revenue, split, payouts, fee in rows:
+        revenue, split, payouts, fee = int(revenue), int(split), int(payouts), int(fee)
+        if revenue == split == payouts + fee:
+            checks.append(
+                Check(
+                    "period_conservation",
+                    True,
+                    f"period {period}: payouts {format_minor(payouts)} + fee {format_minor(fee)} = revenue "
+                    f"{format_minor(revenue)}",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "period_conservation",
+                    False,
+                    f"period {period}: revenue {format_minor(revenue)}, split out of revenue "
+                    f"{format_minor(split)}, payouts {format_minor(payouts)} + fee {format_minor(fee)}; all "
+                    "three must be equal",
+                )
+            )
+    return checks
+
+
+def _pass_through_empty(con: duckdb.DuckDBPyConnection) -> list[Check]:
+    nets = {account: _balance(con, account) for account in (REVENUE, DATA_POOL, COMPUTE_POOL)}
     if all(v == 0 for v in nets.values()):
-        return [Check("pools_empty", True, "data pool and compute pool net to zero after payouts")]
+        return [Check("pools_empty", True, "revenue, data pool and compute pool net to zero after payouts")]
     return [
         Check(
             "pools_empty",
             False,
-            f"{pool} holds {format_minor(v)} after payouts; pools pass money through and must end at zero",
+            f"{account} holds {format_minor(v)} after payouts; it passes money through and must end at zero",
         )
-        for pool, v in nets.items()
+        for account, v in nets.items()
         if v != 0
     ]
 
 
+#: The transfer codes each exchange account may see (besides reversals, which mirror any of them).
+_ACCOUNT_CODES = {
+    ESCROW: (TransferCode.ESCROW, TransferCode.RECOGNISE, TransferCode.REFUND),
+    REVENUE: (TransferCode.RECOGNISE, *SETTLE_CODES),
+    SUSPENSE: (TransferCode.DEPOSIT_UNMATCHED, TransferCode.SUSPENSE_MATCHED),
+    PAYOUT_CLEARING: (
+        TransferCode.WITHDRAWAL,
+        TransferCode.WITHDRAWAL_SENT,
+        TransferCode.WITHDRAWAL_RETURNED,
+    ),
+}
+
+
+def _account_codes(con: duckdb.DuckDBPyConnection) -> list[Check]:
+    """Escrow, revenue, suspense and payout clearing move money only for their own purpose, so their
+    balances mean what they say (budgets held, unmatched deposits, withdrawals in flight)."""
+    checks = []
+    for account, codes in _ACCOUNT_CODES.items():
+        allowed = [int(c) for c in (*codes, TransferCode.REVERSAL)]
+        stray = con.execute(
+            """SELECT transfer_id, code FROM transfers
+               WHERE (debit_account = $1 OR credit_account = $1) AND NOT (code = ANY($2))
+               ORDER BY transfer_id LIMIT 5""",
+            [account, allowed],
+        ).fetchall()
+        if stray:
+            named = ", ".join(f"{tid[:12]} ({TransferCode(int(code)).label})" for tid, code in stray)
+            checks.append(
+                Check(
+                    "account_codes",
+                    False,
+                    f"{account} is moved by transfers of another purpose: {named}; it may only see "
+                    + ", ".join(c.label for c in codes),
+                )
+            )
+        else:
+            checks.append(
+                Check("account_codes", True, f"{account} moved only by {'/'.join(c.label for c in codes)}")
+            )
+    return checks
+
+
+def _withdrawals_in_flight(con: duckdb.DuckDBPyConnection) -> list[Check]:
+    held = _balance(con, PAYOUT_CLEARING)
+    requested, done = (
+        int(v)
+        for v in con.execute(
+            """SELECT COALESCE(SUM(amount) FILTER (WHERE code = $1), 0::HUGEINT),
+                      COALESCE(SUM(amount) FILTER (WHERE code = ANY($2)), 0::HUGEINT)
+               FROM transfers WHERE debit_account = $3 OR credit_account = $3""",
+            [
+                int(TransferCode.WITHDRAWAL),
+                [int(TransferCode.WITHDRAWAL_SENT), int(TransferCode.WITHDRAWAL_RETURNED)],
+                PAYOUT_CLEARING,
+            ],
+        ).fetchall()[0]
+    )
+    if held == requested - done:
+        return [
+            Check(
+                "payout_clearing",
+                True,
+                f"payout clearing holds {format_minor(held)} = withdrawals not yet sent or returned",
+            )
+        ]
+    return [
+        Check(
+            "payout_clearing",
+            False,
+            f"payout clearing holds {format_minor(held)} but withdrawals in flight sum to "
+            f"{format_minor(requested - done)}",
+        )
+    ]
+
+
 def _escrow_matches(con: duckdb.DuckDBPyConnection) -> list[Check]:
+    """Escrow holds, job by job, either a whole budget (open job) or nothing (failed or settled)."""
     held = _balance(con, ESCROW)
     rows = con.execute(
         """
-        WITH escrowed AS (
-            SELECT job_id, SUM(amount) AS amount FROM transfers
-            WHERE code = $1 AND credit_account = $2 AND job_id IS NOT NULL GROUP BY job_id
-        ), released AS (
-            SELECT DISTINCT job_id FROM transfers
-            WHERE debit_account = $2 AND job_id IS NOT NULL AND (code = ANY($3) OR code = $4)
-        )
-        SELECT e.job_id, e.amount, j.payment
-        FROM escrowed e LEFT JOIN jobs j USING (job_id)
-        WHERE e.job_id NOT IN (SELECT job_id FROM released)
-        ORDER BY e.job_id
+        SELECT t.job_id,
+               COALESCE(SUM(t.amount) FILTER (WHERE t.code = $1 AND t.credit_account = $2), 0::HUGEINT),
+               COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $2), 0::HUGEINT),
+               any_value(j.budget)
+        FROM transfers t LEFT JOIN jobs j USING (job_id)
+        WHERE t.job_id IS NOT NULL AND (t.credit_account = $2 OR t.debit_account = $2)
+        GROUP BY t.job_id ORDER BY t.job_id
         """,
-        [int(TransferCode.ESCROW), ESCROW, [int(c) for c in SETTLE_CODES], int(TransferCode.REFUND)],
+        [int(TransferCode.ESCROW), ESCROW],
     ).fetchall()
-    expected = sum(int(r[2]) if r[2] is not None else int(r[1]) for r in rows)
-    mismatched = [r[0] for r in rows if r[2] is not None and int(r[1]) != int(r[2])]
-    jobs = _plural(len(rows), "unsettled job")
-    if held == expected and not mismatched:
-        return [Check("escrow", True, f"escrow holds {format_minor(held)} = payments of {jobs}")]
-    detail = f"escrow holds {format_minor(held)} but the payments of {jobs} sum to {format_minor(expected)}"
-    if mismatched:
-        detail += f"; escrowed amount differs from the job's payment for {', '.join(mismatched)}"
+    expected, problems, open_jobs = 0, [], 0
+    for job_id, escrowed, released, budget in rows:
+        escrowed, released = int(escrowed), int(released)
+        if budget is not None and escrowed != int(budget):
+            problems.append(
+                f"{job_id} escrowed {format_minor(escrowed)}, its budget is {format_minor(int(budget))}"
+            )
+        if released and released != escrowed:
+            problems.append(
+                f"{job_id} had {format_minor(released)} of its {format_minor(escrowed)} released; escrow is "
+                "released whole (settled or refunded)"
+            )
+        if not released:
+            expected += escrowed
+            open_jobs += 1
+    jobs = _plural(open_jobs, "open job")
+    if held == expected and not problems:
+        return [Check("escrow", True, f"escrow holds {format_minor(held)} = budgets of {jobs}")]
+    detail = f"escrow holds {format_minor(held)}; the budgets of {jobs} sum to {format_minor(expected)}"
+    if problems:
+        detail += "; " + "; ".join(problems)
     return [Check("escrow", False, detail)]
 
 
@@ -273,8 +418,11 @@ def verify_ledger(
             *_ledger_balance(con),
             *_flagged_non_negative(con),
             *_job_conservation(con),
-            *_pools_empty(con),
+            *_period_conservation(con),
+            *_pass_through_empty(con),
             *_escrow_matches(con),
+            *_account_codes(con),
+            *_withdrawals_in_flight(con),
         ]
     if store is not None and audit_key is not None:
         checks += _audit_chain(db, store, audit_key)

@@ -12,7 +12,7 @@ moves to ``rejected`` with every failing job named, unless it is already posted.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,16 +52,20 @@ class JobRow:
     provider_id: str | None
     receipt_key: str | None
     work_units: int | None
+    budget: int  # escrowed at submission; settlement refunds budget - payment
 
 
 def completed_jobs(db: ExchangeDB, period: str) -> list[JobRow]:
     found = db.query(
-        """SELECT job_id, trainer_id, dataset, dataset_version, payment, provider_id, receipt_key, work_units
+        """SELECT job_id, trainer_id, dataset, dataset_version, payment, provider_id, receipt_key, work_units,
+                  budget
            FROM jobs WHERE period = ? AND status = 'completed' ORDER BY job_id""",
         [period],
     )
     return [
-        JobRow(r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], r[6], None if r[7] is None else int(r[7]))
+        JobRow(
+            r[0], r[1], r[2], int(r[3]), int(r[4]), r[5], r[6], None if r[7] is None else int(r[7]), int(r[8])
+        )
         for r in found
     ]
 
@@ -157,14 +161,14 @@ def check_job(
         raise SettlementError("its receipt does not match the job: " + "; ".join(mismatches))
     escrowed, released = db.query(
         """SELECT COALESCE(SUM(amount) FILTER (WHERE code = ? AND credit_account = ?), 0::HUGEINT),
-                  count(*) FILTER (WHERE code = ?)
+                  count(*) FILTER (WHERE debit_account = ? AND settlement_id IS NULL)
            FROM transfers WHERE job_id = ?""",
-        [int(TransferCode.ESCROW), ESCROW, int(TransferCode.REFUND), job.job_id],
+        [int(TransferCode.ESCROW), ESCROW, ESCROW, job.job_id],
     )[0]
-    if int(escrowed) != job.payment or released:
+    if int(escrowed) != job.budget or released:
         raise SettlementError(
-            f"escrow holds {format_minor(int(escrowed))} for it (refunded: {bool(released)}) but its payment "
-            f"is {format_minor(job.payment)}; escrow the payment with escrow_job_payment before settling"
+            f"escrow holds {format_minor(int(escrowed))} for it (refunded: {bool(released)}) but its budget "
+            f"is {format_minor(job.budget)}; escrow the budget with escrow_job_payment before settling"
         )
     return settled_job(
         job_id=job.job_id,
@@ -240,8 +244,11 @@ def _verify_jobs(
     return settled, sort_allocations(allocations)
 
 
-def inputs_digest(period: str, policy: AllocationPolicy, jobs: Sequence[SettledJob]) -> str:
-    """What a settlement depends on: the policy, and each job's id, payment, receipt and valuation."""
+def inputs_digest(
+    period: str, policy: AllocationPolicy, jobs: Sequence[SettledJob], budgets: Mapping[str, int]
+) -> str:
+    """What a settlement depends on: the policy, and each job's id, payment, budget, receipt and
+    valuation."""
     return digest_json(
         {
             "period": period,
@@ -250,6 +257,7 @@ def inputs_digest(period: str, policy: AllocationPolicy, jobs: Sequence[SettledJ
                 {
                     "job_id": j.job_id,
                     "payment": j.payment,
+                    "budget": budgets[j.job_id],
                     "receipt_digest": j.receipt_digest,
                     "valuation_receipt_digest": j.valuation_receipt_digest,
                 }
@@ -269,6 +277,7 @@ class VerifiedInputs:
     inputs_digest: str
     allocation_root: str
     assurance: str  # "simulated" when any receipt was simulated, else "hardware"
+    budgets: Mapping[str, int]  # job id -> escrowed budget; settlement refunds budget - payment
 
     def totals(self) -> dict[str, int]:
         """Minor units per holder account over the period, by account id."""
@@ -303,11 +312,13 @@ def verify_inputs(
 ) -> VerifiedInputs:
     """Verify every job of ``jobs`` and allocate it; raise ``SettlementError`` naming each failing job."""
     settled, allocations = _verify_jobs(db, store, verify, verify_valuation, period, policy, jobs, intake)
+    budgets = {job.job_id: job.budget for job in jobs}
     return VerifiedInputs(
         period=period,
         jobs=tuple(settled),
         allocations=tuple(allocations),
-        inputs_digest=inputs_digest(period, policy, settled),
+        inputs_digest=inputs_digest(period, policy, settled, budgets),
         allocation_root=allocation_root(allocations),
         assurance="simulated" if any(j.assurance != "hardware" for j in settled) else "hardware",
+        budgets=budgets,
     )

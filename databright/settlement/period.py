@@ -18,7 +18,7 @@ approval. Atomic: the transfers and the move to ``posted`` commit together.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,14 +26,21 @@ from typing import TYPE_CHECKING
 from databright.crypto import SigningKey
 from databright.db import ExchangeDB, write_conflicts_as
 from databright.errors import SettlementConflict, SettlementError
-from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, EXCHANGE_FEE, carried_holder
+from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, EXCHANGE_FEE, REVENUE, carried_holder
 from databright.ledger.audit_log import checkpoint
+from databright.ledger.escrow import close_escrow
 from databright.ledger.store import Ledger
 from databright.ledger.transfers import Transfer, TransferCode
 from databright.provenance.record import record_settlement
 from databright.provenance.statements import ProvenanceLog
 from databright.settlement import store as rows
-from databright.settlement.allocation import Allocation, carry_over_moves, payout_totals, sort_allocations
+from databright.settlement.allocation import (
+    Allocation,
+    SettledJob,
+    carry_over_moves,
+    payout_totals,
+    sort_allocations,
+)
 from databright.settlement.inputs import (
     JobRow,
     VerifiedInputs,
@@ -45,7 +52,7 @@ from databright.settlement.inputs import (
     verify_inputs,
 )
 from databright.settlement.policy import AllocationPolicy
-from databright.settlement.result import Proposal, Settlement, check_period
+from databright.settlement.result import CarryLine, Proposal, Settlement, check_period
 from databright.settlement.review import AUTO_APPROVER, approve_period, check_reviewer, rejected_in_review
 from databright.settlement.statements import write_statements
 from databright.storage.objectstore import ObjectStore
@@ -76,21 +83,45 @@ _LEGS = {
 # --- transfers -----------------------------------------------------------------------------------
 
 
-def settlement_transfers(period: str, allocations: Sequence[Allocation]) -> list[Transfer]:
-    """Escrow -> pools and fee for each job, then pools -> holders; zero amounts move nothing."""
+def settlement_transfers(
+    period: str,
+    allocations: Sequence[Allocation],
+    jobs: Sequence[SettledJob],
+    budgets: Mapping[str, int],
+) -> list[Transfer]:
+    """Per job: escrow -> revenue (its payment) and the unused budget back to the trainer
+    (``close_escrow``), revenue -> pools and fee, then pools -> holders; zero amounts move nothing.
+
+    Revenue is split the moment it is recognised, so it nets to zero in every posted period.
+    """
     settlement_id = f"settlement:{period}"
     out: list[Transfer] = []
-    by_job: dict[str, list[Allocation]] = {}
+    by_job: dict[str, list[Allocation]] = {job.job_id: [] for job in jobs}
     for a in sort_allocations(list(allocations)):
-        by_job.setdefault(a.job_id, []).append(a)
-    for job_id, parts in by_job.items():
+        if a.job_id not in by_job:
+            raise SettlementError(
+                f"allocation row for job {a.job_id} of period {period} has no verified job; allocate only "
+                "verified jobs (verify_inputs)",
+                period=period,
+            )
+        by_job[a.job_id].append(a)
+    for job in sorted(jobs, key=lambda j: j.job_id):
+        job_id, parts = job.job_id, by_job[job.job_id]
+        out += close_escrow(
+            period=period,
+            job_id=job_id,
+            trainer_id=job.trainer_id,
+            payment=job.payment,
+            budget=budgets[job_id],
+            settlement_id=settlement_id,
+        )
         for role, (pool, code) in _LEGS.items():
             amount = sum(a.amount for a in parts if a.role == role)
             if amount:
                 out.append(
                     Transfer.create(
                         {"kind": "settle", "period": period, "job": job_id, "role": role},
-                        debit_account=ESCROW,
+                        debit_account=REVENUE,
                         credit_account=pool,
                         amount=amount,
                         code=code,
@@ -195,7 +226,45 @@ def _claim_unless_reviewed(db: ExchangeDB, period: str) -> None:
             rows.claim(con, period)
 
 
-def _proposal(policy: AllocationPolicy, found: VerifiedInputs, row: rows.SettlementRow) -> Proposal:
+def carry_lines(
+    con: duckdb.DuckDBPyConnection,
+    period: str,
+    policy: AllocationPolicy,
+    allocations: Sequence[Allocation],
+    posted: bool,
+) -> dict[str, CarryLine]:
+    """Each holder's carry-over in ``period``: as posted (read from the ledger), or as posting would
+    make it now (``carry_over_moves`` over the carried balances of earlier periods)."""
+    found: dict[str, list[int]] = {}
+    if posted:
+        moved = con.execute(
+            """SELECT code, CASE WHEN code = ? THEN credit_account ELSE debit_account END, SUM(amount)
+               FROM transfers WHERE period = ? AND code IN (?, ?) GROUP BY ALL""",
+            [
+                int(TransferCode.CARRY_RELEASE),
+                period,
+                int(TransferCode.CARRY_OVER),
+                int(TransferCode.CARRY_RELEASE),
+            ],
+        ).fetchall()
+        for code, holder, amount in moved:
+            found.setdefault(str(holder), [0, 0])[0 if int(code) == TransferCode.CARRY_RELEASE else 1] += int(
+                amount
+            )
+    else:
+        earlier = carried_in(con, period)
+        if earlier or policy.minimum_payout:
+            moves = carry_over_moves(period, payout_totals(allocations), earlier, policy.minimum_payout)
+            for move in moves:
+                found.setdefault(move.holder, [0, 0])[0 if move.kind == "carry_release" else 1] += move.amount
+    return {h: CarryLine(h, released, carried) for h, (released, carried) in sorted(found.items())}
+
+
+def _proposal(
+    db: ExchangeDB, policy: AllocationPolicy, found: VerifiedInputs, row: rows.SettlementRow
+) -> Proposal:
+    with db.connect() as con:
+        carry = carry_lines(con, found.period, policy, found.allocations, posted=row.state == "posted")
     return Proposal(
         period=found.period,
         state=row.state,
@@ -210,6 +279,7 @@ def _proposal(policy: AllocationPolicy, found: VerifiedInputs, row: rows.Settlem
         totals=found.totals(),
         jobs=found.jobs,
         policy=policy,
+        carry=carry,
     )
 
 
@@ -222,7 +292,7 @@ def _propose(db: ExchangeDB, policy: AllocationPolicy, found: VerifiedInputs) ->
         unchanged = (row.inputs_digest, row.allocation_root) == (digest, root)
         if row.state == "posted":
             _check_same(period, row, digest, root)
-            return _proposal(policy, found, row)
+            return _proposal(db, policy, found, row)
         if rejected_in_review(row) and unchanged:
             raise SettlementError(
                 f"period {period} was rejected by {row.approver} ({row.reason}) and its inputs are unchanged "
@@ -232,7 +302,7 @@ def _propose(db: ExchangeDB, policy: AllocationPolicy, found: VerifiedInputs) ->
                 rejected_by=row.approver,
             )
         if row.state in ("proposed", "approved") and unchanged:
-            return _proposal(policy, found, row)  # the same proposal: it and its approval stand
+            return _proposal(db, policy, found, row)  # the same proposal: it and its approval stand
         if row.state == rows.REJECTED:
             rows.claim(con, period)
         rows.advance(
@@ -254,7 +324,7 @@ def _propose(db: ExchangeDB, policy: AllocationPolicy, found: VerifiedInputs) ->
             and row.state in ("proposed", "approved", "posted")
             and (row.inputs_digest, row.allocation_root) == (digest, root)
         ):
-            return _proposal(policy, found, row)  # a concurrent run proposed the very same allocations
+            return _proposal(db, policy, found, row)  # a concurrent run proposed the very same allocations
         if row is None or (row.state, row.inputs_digest) != ("valued", digest):
             raise SettlementError(
                 f"period {period} changed while this run proposed it (state "
@@ -267,7 +337,7 @@ def _propose(db: ExchangeDB, policy: AllocationPolicy, found: VerifiedInputs) ->
         proposed = rows.read_settlement(con, period)
     if proposed is None:
         raise SettlementError(f"period {period} lost its settlements row while proposing; run it again")
-    return _proposal(policy, found, proposed)
+    return _proposal(db, policy, found, proposed)
 
 
 def propose_period(
@@ -329,7 +399,7 @@ def _post(
     audit_key: SigningKey | None,
 ) -> Settlement:
     period, digest, root = found.period, found.inputs_digest, found.allocation_root
-    transfers = settlement_transfers(period, found.allocations)
+    transfers = settlement_transfers(period, found.allocations, found.jobs, found.budgets)
     with db.transaction() as con:
         row = rows.read_settlement(con, period)
         if row is not None and row.state == "posted":
@@ -352,7 +422,7 @@ def _post(
         final = rows.read_settlement(con, period)
     if final is None:
         raise SettlementError(f"period {period} lost its settlements row while posting; settle it again")
-    settlement = _proposal(policy, found, final).as_settlement()
+    settlement = _proposal(db, policy, found, final).as_settlement()
     paths = write_statements(settlement, statements_dir)
     if provenance is not None:
         record_settlement(provenance, settlement, paths)

@@ -55,6 +55,20 @@ class DatasetLine:
 
 
 @dataclass(frozen=True)
+class CarryLine:
+    """One holder's carry-over in a period, under the policy's minimum payout (minor units).
+
+    ``released``: what earlier periods carried for them and this period pays out, because their due
+    reached the minimum. ``carried_over``: what they earned this period but is held in their
+    carry-over account for a later period, because their due stayed below it.
+    """
+
+    holder: str
+    released: int
+    carried_over: int
+
+
+@dataclass(frozen=True)
 class HolderLine:
     """One account's payout this period, over every job and role."""
 
@@ -76,6 +90,7 @@ class PeriodFigures:
     totals: Mapping[str, int]
     jobs: tuple[SettledJob, ...]
     policy: AllocationPolicy
+    carry: Mapping[str, CarryLine]
 
     @property
     def settlement_id(self) -> str:
@@ -199,6 +214,7 @@ class PeriodFigures:
             ("compute pool", f"{fmt(pools['compute'])} ({percent(pools['compute'], whole)})"),
             ("exchange fee", f"{fmt(pools['fee'])} ({percent(pools['fee'], whole)})"),
             ("accounts paid", str(len(self.totals))),
+            *self._carry_rows(),
             ("datasets", str(len(self.datasets()))),
             ("assurance", f"**{self.assurance}**{warning}"),
             ("policy", self.policy.label),
@@ -207,6 +223,25 @@ class PeriodFigures:
         ]
         table = "\n".join(f"| {name} | {value} |" for name, value in rows)
         return f"### Settlement {self.period}: {self.state}\n\n| | |\n|---|---|\n{table}\n"
+
+    def _carry_rows(self) -> list[tuple[str, str]]:
+        """Summary rows for the minimum payout: what stays carried, what earlier periods release."""
+        if not self.carry and not self.policy.minimum_payout:
+            return []
+        fmt = self.policy.format_amount
+        out = [c for c in self.carry.values() if c.carried_over]
+        back = [c for c in self.carry.values() if c.released]
+        return [
+            ("minimum payout", fmt(self.policy.minimum_payout)),
+            (
+                "carried to a later period",
+                f"{fmt(sum(c.carried_over for c in out))} of {len(out)} holder(s) below the minimum",
+            ),
+            (
+                "released from earlier periods",
+                f"{fmt(sum(c.released for c in back))} to {len(back)} holder(s) now at or above it",
+            ),
+        ]
 
     def chart_png(self) -> bytes:
         """A PNG: the distribution of signed per-owner values, and the payout of each dataset by pool."""
@@ -260,6 +295,7 @@ class Proposal(PeriodFigures):
     totals: Mapping[str, int]
     jobs: tuple[SettledJob, ...] = field(repr=False)
     policy: AllocationPolicy = field(repr=False)
+    carry: Mapping[str, CarryLine] = field(default_factory=dict, repr=False)
 
     def as_settlement(self, *, state: str | None = None, approver: str | None = None) -> Settlement:
         """The same figures as a ``Settlement`` (e.g. of a rejected period, for one rendering path)."""
@@ -276,6 +312,7 @@ class Proposal(PeriodFigures):
             totals=self.totals,
             jobs=self.jobs,
             policy=self.policy,
+            carry=self.carry,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,6 +328,9 @@ class Proposal(PeriodFigures):
             "revenue": self.total_paid,
             "pools": self.pools(),
             "totals": dict(self.totals),
+            "carry": {
+                h: {"released": c.released, "carried_over": c.carried_over} for h, c in self.carry.items()
+            },
         }
 
 
@@ -308,6 +348,7 @@ class Settlement(PeriodFigures):
     totals: Mapping[str, int]  # minor units per holder account over the period
     jobs: tuple[SettledJob, ...] = field(repr=False)
     policy: AllocationPolicy = field(repr=False)
+    carry: Mapping[str, CarryLine] = field(default_factory=dict, repr=False)  # holder -> carry-over
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per allocation; ``amount`` and ``weight`` hold the exact Python ints."""

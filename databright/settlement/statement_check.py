@@ -85,9 +85,11 @@ def _period_allocations(
 def _ledger_total(db: ExchangeDB, holder: str, period: str) -> int:
     kind = account_for(holder).kind
     if kind == "trainer":
+        # What the trainer paid: the payments recognised as revenue for its jobs (its budgets' unused
+        # rest went back to it, and is no part of the statement).
         sql = """SELECT COALESCE(SUM(t.amount), 0::HUGEINT) FROM transfers t JOIN jobs j USING (job_id)
-                 WHERE t.debit_account = ? AND t.code = ? AND j.period = ? AND j.status = 'completed'"""
-        params: list[Any] = [holder, int(TransferCode.ESCROW), period]
+                 WHERE j.trainer_id = ? AND t.code = ? AND t.period = ? AND j.status = 'completed'"""
+        params: list[Any] = [account_for(holder).holder, int(TransferCode.RECOGNISE), period]
     elif holder == EXCHANGE_FEE:
         sql = """SELECT COALESCE(SUM(amount), 0::HUGEINT) FROM transfers
                  WHERE credit_account = ? AND code = ? AND period = ?"""
@@ -97,6 +99,25 @@ def _ledger_total(db: ExchangeDB, holder: str, period: str) -> int:
                  WHERE credit_account = ? AND code = ? AND period = ?"""
         params = [holder, int(TransferCode.PAYOUT), period]
     return int(db.query(sql, params)[0][0])
+
+
+def _carry_failures(db: ExchangeDB, stated: dict[str, int] | None, holder: str, period: str) -> list[str]:
+    """The statement's carry-over block against the period's carry transfers of the holder."""
+    released, carried = (
+        int(v)
+        for v in db.query(
+            """SELECT COALESCE(SUM(amount) FILTER (WHERE code = ? AND credit_account = ?), 0::HUGEINT),
+                      COALESCE(SUM(amount) FILTER (WHERE code = ? AND debit_account = ?), 0::HUGEINT)
+               FROM transfers WHERE period = ?""",
+            [int(TransferCode.CARRY_RELEASE), holder, int(TransferCode.CARRY_OVER), holder, period],
+        )[0]
+    )
+    got = stated or {"released": 0, "carried_over": 0}
+    return [
+        f"statement says {name} {got.get(name, 0)}, the ledger's carry transfers {want} minor units"
+        for name, want in (("released", released), ("carried_over", carried))
+        if int(got.get(name, 0)) != want
+    ]
 
 
 def check_statement(
@@ -172,6 +193,7 @@ def check_statement(
     ledger = _ledger_total(db, holder, period)
     if ledger != derived:
         failures.append(f"ledger total {ledger} != re-derived {derived} minor units")
+    failures += _carry_failures(db, statement.carry, holder, period)
     return StatementCheck(
         holder=holder,
         period=period,

@@ -46,6 +46,9 @@ class Statement:
     allocation_root: str
     lines: tuple[dict[str, Any], ...]
     total: int  # minor units: received (contributor, provider) or paid (trainer)
+    # Under a minimum payout: {"released", "carried_over", "paid_out"} in minor units, where paid_out
+    # = total + released - carried_over is what reached the holder's account this period.
+    carry: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -232,12 +235,13 @@ def build_statements(settlement: Settlement) -> list[Statement]:
     holders: dict[str, str] = {}
     for job in settlement.jobs:
         holders[trainer_account(job.trainer_id)] = "trainer"
-    for a in settlement.allocations:
-        if a.holder in holders:
+    # A holder paid only from earlier periods' carry-over (no job this period) gets a statement too.
+    for holder in (*(a.holder for a in settlement.allocations), *settlement.carry):
+        if holder in holders:
             continue
-        account_kind = account_for(a.holder).kind
+        account_kind = account_for(holder).kind
         if account_kind in (AccountKind.CONTRIBUTOR, AccountKind.PROVIDER):
-            holders[a.holder] = account_kind.value
+            holders[holder] = account_kind.value
     builders = {"contributor": _contributor_lines, "provider": _provider_lines, "trainer": _trainer_lines}
     index = _index(settlement)
     statements = []
@@ -245,11 +249,20 @@ def build_statements(settlement: Settlement) -> list[Statement]:
         kind = holders[holder]
         lines = builders[kind](settlement, holder, index)
         key = "payment" if kind == "trainer" else "amount"
+        total = sum(line[key] for line in lines)
+        carried = settlement.carry.get(holder)
         statements.append(
             Statement(
                 **_header(settlement, holder, kind),
                 lines=tuple(lines),
-                total=sum(line[key] for line in lines),
+                total=total,
+                carry=None
+                if carried is None
+                else {
+                    "released": carried.released,
+                    "carried_over": carried.carried_over,
+                    "paid_out": total + carried.released - carried.carried_over,
+                },
             )
         )
     return statements
@@ -303,12 +316,21 @@ def render_statement(statement: Statement) -> str:
                 f"  paid {line['payment_text']} = data {fmt(line['data_amount'])} + compute "
                 f"{fmt(line['compute_amount'])} + fee {fmt(line['fee_amount'])}",
             ]
-    verb = "paid" if statement.kind == "trainer" else "received"
+    verb = "paid" if statement.kind == "trainer" else "earned" if statement.carry else "received"
     out += [
         "",
         f"total {verb}: {fmt(statement.total)} ({statement.total} minor units) over "
         f"{len(statement.lines)} job(s)",
     ]
+    if statement.carry:
+        carry = statement.carry
+        out += [
+            f"released from earlier periods: {fmt(carry['released'])} ({carry['released']} minor units)",
+            f"carried to a later period (below the minimum payout): {fmt(carry['carried_over'])} "
+            f"({carry['carried_over']} minor units)",
+            f"paid out to your account this period: {fmt(carry['paid_out'])} "
+            f"({carry['paid_out']} minor units)",
+        ]
     return "\n".join(out) + "\n"
 
 

@@ -1,8 +1,9 @@
 """Training jobs: what a trainer asked for, who ran it, what it cost, where its receipt is.
 
-A job's life: ``submitted`` (row written) → ``escrowed`` (its payment moved from the trainer to
+A job's life: ``submitted`` (row written) → ``escrowed`` (its budget moved from the trainer to
 escrow) → ``completed`` (the signed receipt and the model are in the object store) or ``failed``
-(the escrow refunded). Only completed jobs are settled.
+(the budget refunded). Only completed jobs are settled: settlement recognises the job's ``payment``
+as revenue and refunds the rest of its ``budget`` (``budget >= payment``) to the trainer.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     work_units      BIGINT,
     error           VARCHAR,
     created_at      TIMESTAMPTZ NOT NULL,
-    validation_key  VARCHAR                                 -- the trainer's validation file, archived
+    validation_key  VARCHAR,                                -- the trainer's validation file, archived
+    budget          HUGEINT NOT NULL,                       -- minor units escrowed; the rest is refunded
+    CHECK (budget >= payment)
 );
 """
 
 _COLUMNS = (
-    "job_id, period, trainer_id, dataset, dataset_version, task, payment, provider_id, offer_id, "
+    "job_id, period, trainer_id, dataset, dataset_version, task, payment, budget, provider_id, offer_id, "
     "status, receipt_key, model_key, model_digest, work_units, error, validation_key"
 )
 
@@ -54,6 +57,7 @@ class TrainingJob:
     dataset_version: int
     task: str
     payment: int
+    budget: int  # escrowed at submit; settlement charges ``payment`` and refunds the rest
     provider_id: str | None
     offer_id: str | None
     status: str
@@ -69,8 +73,9 @@ def _row_to_job(row: tuple[object, ...]) -> TrainingJob:
     values = list(row)
     values[4] = int(values[4])  # type: ignore[call-overload]
     values[6] = int(values[6])  # type: ignore[call-overload]
-    if values[13] is not None:
-        values[13] = int(values[13])  # type: ignore[call-overload]
+    values[7] = int(values[7])  # type: ignore[call-overload]
+    if values[14] is not None:
+        values[14] = int(values[14])  # type: ignore[call-overload]
     return TrainingJob(*values)  # type: ignore[arg-type]
 
 
@@ -116,10 +121,21 @@ def submit_job(
     payment: int,
     provider_id: str,
     offer_id: str,
+    budget: int | None = None,
 ) -> TrainingJob:
-    """Write the job, then escrow its payment; a trainer who cannot pay leaves a ``failed`` job."""
+    """Write the job, then escrow its budget (``payment`` when not given); a trainer who cannot pay
+    leaves a ``failed`` job. Settlement charges ``payment`` and refunds the rest of the budget."""
     refuse_resubmission(db, job_id)
     from databright.ledger import escrow_job_payment
+
+    budget = payment if budget is None else budget
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < payment:
+        raise TrainingError(
+            f"job {job_id!r}: budget {budget!r} is below its payment {payment}; a budget is the most the "
+            "trainer will spend, an int of minor units at least the payment (leave it out to escrow "
+            "exactly the payment)",
+            job_id=job_id,
+        )
 
     job = TrainingJob(
         job_id=job_id,
@@ -131,11 +147,12 @@ def submit_job(
         payment=payment,
         provider_id=provider_id,
         offer_id=offer_id,
+        budget=budget,
         status="submitted",
     )
     with db.transaction() as con:
         con.execute(
-            f"INSERT INTO jobs ({_COLUMNS}, created_at) VALUES ({', '.join(['?'] * 17)})",
+            f"INSERT INTO jobs ({_COLUMNS}, created_at) VALUES ({', '.join(['?'] * 18)})",
             [
                 job.job_id,
                 period,
@@ -144,6 +161,7 @@ def submit_job(
                 dataset_version,
                 task,
                 payment,
+                budget,
                 provider_id,
                 offer_id,
                 "submitted",
@@ -157,7 +175,7 @@ def submit_job(
             ],
         )
     try:
-        escrow_job_payment(db, trainer_id=trainer_id, job_id=job.job_id, period=period, amount=payment)
+        escrow_job_payment(db, trainer_id=trainer_id, job_id=job.job_id, period=period, amount=budget)
     except DatabrightError as exc:
         _set_status(db, job.job_id, "failed", error=str(exc))
         raise
@@ -200,12 +218,12 @@ def complete_job(
 
 
 def fail_job(db: ExchangeDB, job: TrainingJob, error: str) -> TrainingJob:
-    """Mark a job failed and give its escrowed payment back to the trainer."""
+    """Mark a job failed and give its escrowed budget back to the trainer."""
     from databright.ledger import refund_job_payment
 
     if job.status == "escrowed":
         refund_job_payment(
-            db, trainer_id=job.trainer_id, job_id=job.job_id, period=job.period, amount=job.payment
+            db, trainer_id=job.trainer_id, job_id=job.job_id, period=job.period, amount=job.budget
         )
     _set_status(db, job.job_id, "failed", error=error)
     return get_job(db, job.job_id)

@@ -134,8 +134,8 @@ def test_shares_by_count_until_value_is_posted(credit: tuple, file_db: ExchangeD
 
 def _job(con: duckdb.DuckDBPyConnection, job_id: str, period: str, dataset: str, version: int) -> None:
     con.execute(
-        "INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment, status, "
-        "created_at) VALUES (?, ?, 'acme', ?, ?, 'tabular_logreg', 1000, 'completed', ?)",
+        "INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment, budget, "
+        "status, created_at) VALUES (?, ?, 'acme', ?, ?, 'tabular_logreg', 1000, 1000, 'completed', ?)",
         [job_id, period, dataset, version, dt.datetime.now(dt.UTC)],
     )
 

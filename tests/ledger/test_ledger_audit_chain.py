@@ -21,6 +21,7 @@ from databright.ledger import (
     DATA_POOL,
     ESCROW,
     EXCHANGE_FEE,
+    REVENUE,
     Ledger,
     Transfer,
     TransferCode,
@@ -93,9 +94,10 @@ ALLOCATIONS = [
     Allocation(PERIOD, "j-1", EXCHANGE_FEE, "fee", "policy", 1000, 100_000),
 ]
 LEGS = [
-    leg(0, ESCROW, DATA_POOL, 700_000, TransferCode.SETTLE_DATA),
-    leg(1, ESCROW, COMPUTE_POOL, 200_000, TransferCode.SETTLE_COMPUTE),
-    leg(2, ESCROW, EXCHANGE_FEE, 100_000, TransferCode.SETTLE_FEE),
+    leg(9, ESCROW, REVENUE, 1_000_000, TransferCode.RECOGNISE),
+    leg(0, REVENUE, DATA_POOL, 700_000, TransferCode.SETTLE_DATA),
+    leg(1, REVENUE, COMPUTE_POOL, 200_000, TransferCode.SETTLE_COMPUTE),
+    leg(2, REVENUE, EXCHANGE_FEE, 100_000, TransferCode.SETTLE_FEE),
     leg(3, DATA_POOL, "contributor:alice", 525_000, TransferCode.PAYOUT),
     leg(4, DATA_POOL, "contributor:bob", 175_000, TransferCode.PAYOUT),
     leg(5, COMPUTE_POOL, "provider:p1", 200_000, TransferCode.PAYOUT),
@@ -106,8 +108,9 @@ def post_period(db: ExchangeDB) -> None:
     deposit(db, "acme", 3_000_000, reference="wire-1")
     with db.transaction() as con:
         con.execute(
-            "INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment, status, "
-            "created_at) VALUES ('j-1', ?, 'acme', 'census', 1, 'tabular_logreg', 1000000, 'completed', ?)",
+            "INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment, budget, "
+            "status, created_at) VALUES ('j-1', ?, 'acme', 'census', 1, 'tabular_logreg', 1000000, 1000000, "
+            "'completed', ?)",
             [PERIOD, dt.datetime.now(dt.UTC)],
         )
     escrow_job_payment(db, trainer_id="acme", job_id="j-1", period=PERIOD, amount=1_000_000)
@@ -122,8 +125,8 @@ def post_period(db: ExchangeDB) -> None:
         advance(con, PERIOD, "posted", posted_at=dt.datetime.now(dt.UTC))
 
 
-# deposit, escrow, claimed, valued, proposed, allocations, approved, 6 legs, posted
-ENTRIES = 14
+# deposit, escrow, claimed, valued, proposed, allocations, approved, 7 legs, posted
+ENTRIES = 15
 
 
 @pytest.fixture
@@ -152,7 +155,7 @@ def seq_of(db: ExchangeDB, subject: str, kind: str = "transfer") -> int:
 def test_every_write_is_logged_and_the_chain_matches_its_definition(posted, store):
     rows = log_rows(posted)
     assert [r[0] for r in rows] == list(range(1, ENTRIES + 1))
-    assert [r[1] for r in rows].count("transfer") == 8
+    assert [r[1] for r in rows].count("transfer") == 9
     states = [json.loads(r[3])["state"] for r in rows if r[1] == "settlement-state"]
     assert states == ["claimed", "valued", "proposed", "approved", "posted"]
     [alloc] = [json.loads(r[3]) for r in rows if r[1] == "allocations"]
@@ -166,7 +169,7 @@ def test_every_write_is_logged_and_the_chain_matches_its_definition(posted, stor
     amounts = {
         json.loads(r[3])["transfer_id"]: json.loads(r[3])["amount"] for r in rows if r[1] == "transfer"
     }
-    assert amounts[LEGS[3].transfer_id] == "525000"
+    assert amounts[LEGS[4].transfer_id] == "525000"
 
     report = verify_audit_chain(posted, store, KEY.public_key)
     assert report.ok, report.problems
@@ -200,9 +203,9 @@ def test_checkpoint_is_signed_exported_and_idempotent(memory_db, store):
     assert made.tree_size == ENTRIES
     assert made.root_hash == reference_root(hashes).hex()
     assert made.last_entry_hash == hashes[-1].hex()
-    assert store.list("audit/checkpoints/") == ["audit/checkpoints/14.json", "audit/checkpoints/latest.json"]
+    assert store.list("audit/checkpoints/") == ["audit/checkpoints/15.json", "audit/checkpoints/latest.json"]
     envelope = json.loads(store.get_bytes("audit/checkpoints/latest.json"))
-    assert store.get_bytes("audit/checkpoints/14.json") == store.get_bytes("audit/checkpoints/latest.json")
+    assert store.get_bytes("audit/checkpoints/15.json") == store.get_bytes("audit/checkpoints/latest.json")
     assert envelope["payloadType"] == CHECKPOINT_PAYLOAD_TYPE
     statement = json.loads(open_envelope(envelope, CHECKPOINT_PAYLOAD_TYPE, KEY.public_key))
     assert statement == {
@@ -220,7 +223,7 @@ def test_checkpoint_is_signed_exported_and_idempotent(memory_db, store):
     later = checkpoint(memory_db, store, KEY)
     assert later.tree_size == ENTRIES + 1
     assert later.root_hash == reference_root([*hashes, bytes.fromhex(log_rows(memory_db)[-1][5])]).hex()
-    assert "audit/checkpoints/14.json" in store.list("audit/checkpoints/")
+    assert "audit/checkpoints/15.json" in store.list("audit/checkpoints/")
     assert verify_audit_chain(memory_db, store, KEY.public_key).ok
 
 
@@ -253,7 +256,7 @@ def test_no_checkpoint_fails_only_once_a_settlement_is_posted(memory_db, store):
 
 
 def test_an_edited_transfer_is_named(posted, store):
-    target = LEGS[3].transfer_id
+    target = LEGS[4].transfer_id  # alice's payout
     posted.query("UPDATE transfers SET amount = 600000 WHERE transfer_id = ?", [target])
     assert problems(posted, store) == [
         f"transfer {target}: not as logged at seq {seq_of(posted, target)}: "
@@ -307,13 +310,13 @@ def test_edited_and_deleted_allocations_are_named(posted, store):
 
 
 def test_an_edited_log_row_is_named(posted, store):
-    body = posted.query("SELECT body FROM audit_log WHERE seq = 8")[0][0]
-    posted.query("UPDATE audit_log SET body = ? WHERE seq = 8", [body.replace("700000", "700001")])
+    body = posted.query("SELECT body FROM audit_log WHERE seq = 9")[0][0]  # the data share's leg
+    posted.query("UPDATE audit_log SET body = ? WHERE seq = 9", [body.replace("700000", "700001")])
     found = problems(posted, store)
     assert any(
-        p.startswith("audit_log seq 8 (transfer") and "entry_hash does not recompute" in p for p in found
+        p.startswith("audit_log seq 9 (transfer") and "entry_hash does not recompute" in p for p in found
     )
-    assert any("not as logged at seq 8: amount '700001' logged, '700000' now" in p for p in found)
+    assert any("not as logged at seq 9: amount '700001' logged, '700000' now" in p for p in found)
 
 
 def test_a_deleted_log_row_is_named(posted, store):
@@ -325,14 +328,14 @@ def test_a_deleted_log_row_is_named(posted, store):
     assert (
         f"transfer {target}: not in the audit log (written outside the ledger and settlement code)" in found
     )
-    assert any(p.startswith("checkpoint audit/checkpoints/14.json") for p in found)
+    assert any(p.startswith("checkpoint audit/checkpoints/15.json") for p in found)
 
 
 def test_a_truncated_log_is_caught_by_the_checkpoint(posted, store):
     posted.query("DELETE FROM audit_log WHERE seq = ?", [ENTRIES])
     found = problems(posted, store)
     assert (
-        f"checkpoint audit/checkpoints/{ENTRIES}.json signs {ENTRIES} entries but the log has 13: "
+        f"checkpoint audit/checkpoints/{ENTRIES}.json signs {ENTRIES} entries but the log has {ENTRIES - 1}: "
         in found[-1]
     )
     assert f"settlement row of period {PERIOD}: not as logged at seq 7: " in found[0]
@@ -375,7 +378,7 @@ def test_a_rewritten_and_rechained_log_is_caught_by_the_checkpoint(posted, store
         f"checkpoint audit/checkpoints/{ENTRIES}.json: the Merkle root of the log's first"
     )
     assert problem.endswith(f"entries up to seq {ENTRIES} were rewritten")
-    with pytest.raises(IntegrityError, match=r"no longer matches checkpoint audit/checkpoints/14\.json"):
+    with pytest.raises(IntegrityError, match=r"no longer matches checkpoint audit/checkpoints/15\.json"):
         checkpoint(posted, store, KEY)  # a rewrite is never laundered by a fresh signature
 
 

@@ -13,6 +13,7 @@ from databright.ledger import (
     DATA_POOL,
     ESCROW,
     EXCHANGE_FEE,
+    REVENUE,
     Ledger,
     Transfer,
     TransferCode,
@@ -25,9 +26,10 @@ from databright.ledger import (
 def add_job_row(db: ExchangeDB, job_id: str, payment: int) -> None:
     with db.transaction() as con:
         con.execute(
-            "INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment, status, "
-            "created_at) VALUES (?, '2026-11', 'acme', 'census', 1, 'tabular_logreg', ?, 'completed', ?)",
-            [job_id, payment, dt.datetime.now(dt.UTC)],
+            "INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment, budget, "
+            "status, created_at) "
+            "VALUES (?, '2026-11', 'acme', 'census', 1, 'tabular_logreg', ?, ?, 'completed', ?)",
+            [job_id, payment, payment, dt.datetime.now(dt.UTC)],
         )
 
 
@@ -35,9 +37,10 @@ def settle_by_hand(db: ExchangeDB, job_id: str, payment: int) -> None:
     """The transfers settlement posts for one job, split 70/20/10 to one owner and one provider."""
     data, compute, fee = payment * 7 // 10, payment * 2 // 10, payment - payment * 9 // 10
     legs = [
-        (ESCROW, DATA_POOL, data, TransferCode.SETTLE_DATA),
-        (ESCROW, COMPUTE_POOL, compute, TransferCode.SETTLE_COMPUTE),
-        (ESCROW, EXCHANGE_FEE, fee, TransferCode.SETTLE_FEE),
+        (ESCROW, REVENUE, payment, TransferCode.RECOGNISE),
+        (REVENUE, DATA_POOL, data, TransferCode.SETTLE_DATA),
+        (REVENUE, COMPUTE_POOL, compute, TransferCode.SETTLE_COMPUTE),
+        (REVENUE, EXCHANGE_FEE, fee, TransferCode.SETTLE_FEE),
         (DATA_POOL, "contributor:alice", data, TransferCode.PAYOUT),
         (COMPUTE_POOL, "provider:p1", compute, TransferCode.PAYOUT),
     ]
@@ -86,17 +89,22 @@ def test_honest_books_pass_with_readable_lines(books):
     report = verify_ledger(books)
     assert report.ok, str(report)
     text = str(report)
-    assert "[ok] transfers balanced per ledger: 1 ledger, 14 transfers" in text
-    assert "job j-1: payouts 1 000 000 = payment 1 000 000" in text
-    assert "job j-2: payouts 500 000 = payment 500 000" in text
-    assert "escrow holds 250 000 = payments of 1 unsettled job" in text
-    assert "data pool and compute pool net to zero after payouts" in text
+    assert "[ok] transfers balanced per ledger: 1 ledger, 16 transfers" in text
+    assert "job j-1: payouts 1 000 000 = revenue = payment, escrow closed" in text
+    assert "job j-2: payouts 500 000 = revenue = payment, escrow closed" in text
+    assert "period 2026-11: payouts 1 350 000 + fee 150 000 = revenue 1 500 000" in text
+    assert "escrow holds 250 000 = budgets of 1 open job" in text
+    assert "revenue, data pool and compute pool net to zero after payouts" in text
+    assert "payout clearing holds 0 = withdrawals not yet sent or returned" in text
     assert {c.name for c in report.checks} == {
         "ledger_balance",
         "flagged_non_negative",
         "job_conservation",
+        "period_conservation",
         "pools_empty",
         "escrow",
+        "account_codes",
+        "payout_clearing",
     }
     assert report.raise_if_broken() is report
 
@@ -124,5 +132,12 @@ def test_a_rogue_payout_breaks_conservation_and_the_pools(books):
 def test_a_rogue_settlement_leg_breaks_conservation_and_escrow(books):
     rogue(books, ESCROW, EXCHANGE_FEE, 1, "j-3", code=int(TransferCode.SETTLE_FEE))
     failures = {c.name: c.detail for c in verify_ledger(books).failures}
-    assert failures["job_conservation"] == "job j-3: payouts 1 != payment 250 000"
-    assert failures["escrow"] == "escrow holds 249 999 but the payments of 0 unsettled jobs sum to 0"
+    assert failures["job_conservation"] == (
+        "job j-3: revenue 0 != payment 250 000; 1 settlement leg(s) not debiting revenue; "
+        "escrow keeps 249 999 of its budget after settlement"
+    )
+    assert failures["escrow"] == (
+        "escrow holds 249 999; the budgets of 0 open jobs sum to 0; j-3 had 1 of its 250 000 released; "
+        "escrow is released whole (settled or refunded)"
+    )
+    assert failures["account_codes"].startswith("escrow is moved by transfers of another purpose: ffffffff")

@@ -191,6 +191,7 @@ def add_job(
     receipt: Receipt,
     *,
     payment: int,
+    budget: int | None = None,
     trainer_id: str = "acme",
     escrow: bool = True,
     status: str = "completed",
@@ -198,12 +199,13 @@ def add_job(
     values: Mapping[str, float] | None = None,
     valued: bool = True,
 ) -> str:
-    """Escrow the payment, store the signed receipt and insert the job row; unless ``valued`` is
-    false, also store a signed valuation of it (``values`` per owner, default the receipt's own);
-    return the receipt key."""
+    """Escrow the budget (default: the payment), store the signed receipt and insert the job row;
+    unless ``valued`` is false, also store a signed valuation of it (``values`` per owner, default
+    the receipt's own); return the receipt key."""
+    budget = payment if budget is None else budget
     if escrow:
         escrow_job_payment(
-            db, trainer_id=trainer_id, job_id=receipt.job_id, period=receipt.period, amount=payment
+            db, trainer_id=trainer_id, job_id=receipt.job_id, period=receipt.period, amount=budget
         )
     receipt_key = f"receipts/{receipt.period}/{receipt.job_id}.json"
     envelope = envelope or sign_receipt(key, receipt)
@@ -211,9 +213,9 @@ def add_job(
     with db.transaction() as con:
         con.execute(
             """INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment,
-                   provider_id, offer_id, status, receipt_key, model_key, model_digest, work_units,
-                   created_at)
-               VALUES (?, ?, ?, ?, ?, 'tabular_logreg', ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   budget, provider_id, offer_id, status, receipt_key, model_key, model_digest,
+                   work_units, created_at)
+               VALUES (?, ?, ?, ?, ?, 'tabular_logreg', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [
                 receipt.job_id,
                 receipt.period,
@@ -221,6 +223,7 @@ def add_job(
                 receipt.dataset,
                 receipt.dataset_version,
                 payment,
+                budget,
                 receipt.provider_id,
                 f"offer-{receipt.provider_id}",
                 status,

@@ -102,3 +102,73 @@ def test_a_usage_floor_pays_used_rows_even_when_their_value_is_zero(funded, stor
     alice = [t for t in payouts if t.credit_account == "contributor:alice"]
     assert len(alice) == 1 and alice[0].amount == 682_500 and "usage_floor" in alice[0].memo
     assert verify_ledger(funded).ok
+
+
+def test_carried_amounts_show_in_the_review_and_in_the_statements(funded, store, settings, session_key):
+    from databright.settlement import propose_period
+    from databright.settlement.result import CarryLine
+    from databright.settlement.statements import load_statement, render_statement
+
+    nov = make_receipt("j-nov", {"alice": (9, 9, 0.9), "bob": (1, 1, 0.1)}, period="2026-11")
+    add_job(funded, store, session_key, nov, payment=1_000_000)
+    settle(funded, store, settings, session_key, "2026-11")
+    dec = make_receipt("j-dec", {"alice": (1, 1, 0.5), "bob": (1, 1, 0.5)}, period="2026-12")
+    add_job(funded, store, session_key, dec, payment=100_000)
+
+    # Before approval the reviewer sees what posting will carry and release ...
+    proposal = propose_period(
+        funded,
+        store,
+        period="2026-12",
+        policy=CARRY,
+        verify=make_verify(session_key.public_key),
+        verify_valuation=make_verify_valuation(session_key.public_key),
+    )
+    expected = {
+        "contributor:alice": CarryLine("contributor:alice", 0, 35_000),
+        "contributor:bob": CarryLine("contributor:bob", 70_000, 0),
+        "provider:p1": CarryLine("provider:p1", 0, 20_000),
+    }
+    assert dict(proposal.carry) == expected
+    summary = proposal.summary_markdown()
+    assert "| carried to a later period | 0.055000 DBX of 2 holder(s) below the minimum |" in summary
+    assert "| released from earlier periods | 0.070000 DBX to 1 holder(s) now at or above it |" in summary
+
+    # ... and the posting carries exactly that, which each statement then states.
+    settled = settle(funded, store, settings, session_key, "2026-12")
+    assert dict(settled.carry) == expected
+    bob = load_statement(settings.statements_dir, "2026-12", "contributor:bob")
+    assert bob.total == 35_000
+    assert bob.carry == {"released": 70_000, "carried_over": 0, "paid_out": 105_000}
+    assert account_balances(funded)["contributor:bob"] == 105_000  # = paid out over both periods
+    alice = load_statement(settings.statements_dir, "2026-12", "contributor:alice")
+    assert alice.carry == {"released": 0, "carried_over": 35_000, "paid_out": 0}
+    text = render_statement(alice)
+    assert "carried to a later period (below the minimum payout): 0.035000 DBX (35000 minor units)" in text
+    assert "paid out to your account this period: 0.000000 DBX (0 minor units)" in text
+
+    # statement verify checks the carry-over block against the ledger's carry transfers.
+    import json
+
+    from databright.settlement.statement_check import check_statement
+
+    def verify_bob():
+        return check_statement(
+            funded,
+            store,
+            holder="contributor:bob",
+            period="2026-12",
+            policy=CARRY,
+            statements_dir=settings.statements_dir,
+            verify=make_verify(session_key.public_key),
+            verify_valuation=make_verify_valuation(session_key.public_key),
+        )
+
+    assert verify_bob().ok, verify_bob().failures
+    path = settings.statements_dir / "2026-12" / "contributor-bob.json"
+    data = json.loads(path.read_text())
+    data["carry"]["released"] = 0
+    path.write_text(json.dumps(data))
+    assert verify_bob().failures == (
+        "statement says released 0, the ledger's carry transfers 70000 minor units",
+    )

@@ -126,9 +126,10 @@ def test_two_jobs_settle_into_exact_payouts(two_jobs_file, store, settings: Sett
     report = verify_ledger(two_jobs_file)
     assert report.ok, str(report)
     lines = str(report)
-    assert "job j-1: payouts 1 000 000 = payment 1 000 000" in lines
-    assert "job j-2: payouts 333 333 = payment 333 333" in lines
-    assert "escrow holds 0 = payments of 0 unsettled jobs" in lines
+    assert "job j-1: payouts 1 000 000 = revenue = payment, escrow closed" in lines
+    assert "job j-2: payouts 333 333 = revenue = payment, escrow closed" in lines
+    assert f"period {PERIOD}: payouts 1 200 000 + fee 133 333 = revenue 1 333 333" in lines
+    assert "escrow holds 0 = budgets of 0 open jobs" in lines
 
 
 def test_rerun_returns_the_same_settlement_and_posts_nothing(
@@ -336,3 +337,48 @@ def test_a_posted_period_whose_receipt_no_longer_verifies_stays_posted(
         settle(two_jobs, store, settings, policy, SigningKey.from_seed(b"rotated"))
     assert two_jobs.query("SELECT state FROM settlements")[0][0] == "posted"
     assert transfers_table(two_jobs) == before
+
+
+def test_the_unused_budget_goes_back_to_the_trainer_when_the_job_settles(
+    memory_db, store, settings, policy, session_key
+):
+    deposit(memory_db, "acme", 2_000_000, reference="wire-budget")
+    receipt = make_receipt("j-1", {"alice": (30, 60, 0.3), "bob": (10, 20, 0.1)}, provider_id="p1")
+    add_job(memory_db, store, session_key, receipt, payment=1_000_000, budget=1_500_000, trainer_id="acme")
+    assert balance(memory_db, "trainer:acme") == 500_000 and balance(memory_db, "escrow") == 1_500_000
+
+    settlement = settle(memory_db, store, settings, policy, session_key)
+
+    assert settlement.total_paid == 1_000_000
+    assert balance(memory_db, "trainer:acme") == 1_000_000  # 2.0 deposited - 1.0 charged
+    assert {
+        a: balance(memory_db, a) for a in ("escrow", "revenue", "data_pool", "compute_pool")
+    } == dict.fromkeys(("escrow", "revenue", "data_pool", "compute_pool"), 0)
+    closing = {
+        t.code.label: (t.debit_account, t.credit_account, t.amount, t.settlement_id)
+        for t in Ledger(memory_db).transfers(job_id="j-1")
+        if t.code.label in ("recognise", "refund")
+    }
+    assert closing == {
+        "recognise": ("escrow", "revenue", 1_000_000, f"settlement:{PERIOD}"),
+        "refund": ("escrow", "trainer:acme", 500_000, f"settlement:{PERIOD}"),
+    }
+    report = verify_ledger(memory_db)
+    assert report.ok, str(report)
+    before = transfers_table(memory_db)
+    assert settle(memory_db, store, settings, policy, session_key) == settlement  # re-run: nothing new
+    assert transfers_table(memory_db) == before
+
+
+def test_a_job_whose_escrow_is_not_its_budget_rejects_the_period(
+    memory_db, store, settings, policy, session_key
+):
+    deposit(memory_db, "acme", 2_000_000, reference="wire-short")
+    receipt = make_receipt("j-1", {"alice": (30, 60, 0.3)}, provider_id="p1")
+    add_job(memory_db, store, session_key, receipt, payment=1_000_000, escrow=False)
+    from databright.ledger import escrow_job_payment
+
+    escrow_job_payment(memory_db, trainer_id="acme", job_id="j-1", period=PERIOD, amount=900_000)
+    with pytest.raises(SettlementError, match=r"escrow holds 900 000 for it .* but its budget is 1 000 000"):
+        settle(memory_db, store, settings, policy, session_key)
+    assert Ledger(memory_db).transfers(job_id="j-1")[-1].code.label == "escrow"  # nothing moved
