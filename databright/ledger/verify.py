@@ -6,6 +6,8 @@ the rows, so a bug, a manual ``INSERT`` or a damaged file shows up as a named fa
 * transfers balanced per ledger — every transfer's two accounts exist on the transfer's ledger, so
   the net balances of each ledger's accounts sum to zero;
 * flagged accounts non-negative — no ``debits_must_not_exceed_credits`` account is overdrawn;
+* uniqueness — each transfer id once, and each job's escrow, revenue, refund, settlement leg and
+  payout to one holder once (a second one under another idempotency key would pass the key);
 * per-job conservation — a settled job's payment is recognised as revenue exactly, its data, compute
   and fee legs out of revenue add up to it, its escrow is closed, and its pool credits are paid out;
 * per-period conservation — payouts plus the fee equal the period's revenue;
@@ -354,6 +356,46 @@ def _withdrawals_in_flight(con: duckdb.DuckDBPyConnection) -> list[Check]:
     ]
 
 
+def _uniqueness(con: duckdb.DuckDBPyConnection) -> list[Check]:
+    """Nothing twice: each transfer id once, and each movement a job can cause once — its escrow,
+    its recognition, its refund, each settlement leg, each payout to one holder. Ids are digests of
+    idempotency keys, so a second movement under another key would pass the primary key; this
+    catches it from the rows."""
+    codes = [
+        int(c) for c in (TransferCode.ESCROW, TransferCode.RECOGNISE, TransferCode.REFUND, *SETTLE_CODES)
+    ]
+    rows = con.execute(
+        """
+        SELECT 'transfer id ' || transfer_id, count(*) FROM transfers GROUP BY transfer_id HAVING count(*) > 1
+        UNION ALL
+        SELECT 'job ' || job_id || ': ' || code::VARCHAR, count(*) FROM transfers
+        WHERE job_id IS NOT NULL AND code = ANY($1) GROUP BY job_id, code HAVING count(*) > 1
+        UNION ALL
+        SELECT 'job ' || job_id || ': payout ' || debit_account || ' -> ' || credit_account, count(*)
+        FROM transfers WHERE job_id IS NOT NULL AND code = $2
+        GROUP BY job_id, debit_account, credit_account HAVING count(*) > 1
+        ORDER BY 1
+        """,
+        [codes, int(TransferCode.PAYOUT)],
+    ).fetchall()
+    if not rows:
+        return [
+            Check(
+                "uniqueness", True, "no transfer id and no job's escrow, revenue, refund, leg or payout twice"
+            )
+        ]
+
+    def label(what: str) -> str:
+        # 'job j-1: 11' -> 'job j-1: recognise'
+        head, _, code = what.rpartition(": ")
+        return f"{head}: {TransferCode(int(code)).label}" if code.isdigit() else what
+
+    return [
+        Check("uniqueness", False, f"{label(what)} posted {n} times; reverse the extra transfers")
+        for what, n in rows
+    ]
+
+
 def _escrow_matches(con: duckdb.DuckDBPyConnection) -> list[Check]:
     """Escrow holds, job by job, either a whole budget (open job) or nothing (failed or settled)."""
     held = _balance(con, ESCROW)
@@ -417,6 +459,7 @@ def verify_ledger(
         checks = [
             *_ledger_balance(con),
             *_flagged_non_negative(con),
+            *_uniqueness(con),
             *_job_conservation(con),
             *_period_conservation(con),
             *_pass_through_empty(con),

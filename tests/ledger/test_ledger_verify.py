@@ -99,6 +99,7 @@ def test_honest_books_pass_with_readable_lines(books):
     assert {c.name for c in report.checks} == {
         "ledger_balance",
         "flagged_non_negative",
+        "uniqueness",
         "job_conservation",
         "period_conservation",
         "pools_empty",
@@ -141,3 +142,14 @@ def test_a_rogue_settlement_leg_breaks_conservation_and_escrow(books):
         "escrow is released whole (settled or refunded)"
     )
     assert failures["account_codes"].startswith("escrow is moved by transfers of another purpose: ffffffff")
+
+
+def test_a_payout_made_twice_under_another_key_is_named(books):
+    # A second payout of j-1's data share to alice: same movement, another transfer id.
+    rogue(books, DATA_POOL, "contributor:alice", 700_000, "j-1")
+    rogue(books, REVENUE, DATA_POOL, 700_001, "j-1", code=int(TransferCode.SETTLE_DATA))
+    failures = [c.detail for c in verify_ledger(books).failures if c.name == "uniqueness"]
+    assert failures == [
+        "job j-1: settle_data posted 2 times; reverse the extra transfers",
+        "job j-1: payout data_pool -> contributor:alice posted 2 times; reverse the extra transfers",
+    ]
