@@ -38,8 +38,36 @@ _SCHEMA_MODULES = (
 )
 
 
+#: Bumped whenever a table changes shape in a way ``CREATE TABLE IF NOT EXISTS`` cannot apply to an
+#: existing file. 2: jobs.budget and jobs.validation_key, allocations keyed by basis too.
+SCHEMA_VERSION = 2
+
+_SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
+
+
 def schema_ddl() -> list[str]:
     return [importlib.import_module(name).DDL for name in _SCHEMA_MODULES]
+
+
+def _check_schema_version(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    """Refuse, before changing anything, a database made by another schema version: its tables would
+    lack columns this code reads, and the first query would fail with a bare DuckDB binder error."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "jobs" not in tables:
+        return  # a new database: created at this version below
+    found = (
+        con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+        if "schema_version" in tables
+        else 1
+    )
+    if found != SCHEMA_VERSION:
+        raise RegistryError(
+            f"the exchange database {where} has schema version {found}, this DataBright reads version "
+            f"{SCHEMA_VERSION}; nothing in it was changed. Move the home folder aside and create a new one "
+            "(e.g. `make demo`), or open it with the DataBright version that made it",
+            found=found,
+            expected=SCHEMA_VERSION,
+        )
 
 
 class ExchangeDB:
@@ -82,8 +110,13 @@ class ExchangeDB:
         con = self._open()
         try:
             if not self._ready:
-                for ddl in schema_ddl():
+                _check_schema_version(con, str(self.path or ":memory:"))
+                for ddl in [*schema_ddl(), _SCHEMA_VERSION_DDL]:
                     con.execute(ddl)
+                con.execute(
+                    "INSERT INTO schema_version SELECT ? WHERE NOT EXISTS (SELECT 1 FROM schema_version)",
+                    [SCHEMA_VERSION],
+                )
                 self._ready = True
             yield con
         finally:

@@ -44,3 +44,28 @@ def test_a_locked_file_is_retried_then_refused_with_the_fix(file_db: ExchangeDB,
         holder.communicate("\n", timeout=30)
     # once the other writer is gone, the same call goes through
     assert ExchangeDB(file_db.path, retries=2).query("SELECT 1") == [(1,)]
+
+
+def test_a_database_of_another_schema_version_is_refused_untouched(tmp_path):
+    import duckdb
+
+    from databright.db import SCHEMA_VERSION
+
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as con:  # a home made before schema versions: jobs without budget
+        con.execute("CREATE TABLE jobs (job_id VARCHAR PRIMARY KEY, payment HUGEINT)")
+    with pytest.raises(
+        RegistryError, match=rf"schema version 1, this DataBright reads version {SCHEMA_VERSION}"
+    ):
+        ExchangeDB(path).query("SELECT count(*) FROM jobs")
+    with duckdb.connect(str(path)) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert tables == {"jobs"}  # nothing was created in it
+
+
+def test_a_new_database_records_its_schema_version(tmp_path):
+    from databright.db import SCHEMA_VERSION
+
+    db = ExchangeDB(tmp_path / "new.duckdb")
+    assert db.query("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    assert ExchangeDB(tmp_path / "new.duckdb").query("SELECT count(*) FROM jobs") == [(0,)]  # reopens fine
