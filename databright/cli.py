@@ -675,6 +675,49 @@ def ledger_withdrawal(
     console.print(f"withdrawal {reference} of {holder}: {format_amount(transfer.amount)} {outcome}")
 
 
+@ledger_app.command("reverse")
+@reports_errors
+def ledger_reverse(
+    transfer_id: Annotated[str, typer.Argument(help="The full 64-hex id of the transfer to undo")],
+    reason: Annotated[str, typer.Option(help="What was wrong (kept in the ledger)")],
+) -> None:
+    """Post the mirror of a wrong transfer; history is never edited."""
+    from databright.ledger import reverse_transfer
+
+    transfer = reverse_transfer(_settings().exchange_db(), transfer_id, reason)
+    console.print(
+        f"reversed {transfer_id[:16]}…: {transfer.debit_account} -> {transfer.credit_account} "
+        f"{format_amount(transfer.amount)} ({transfer.transfer_id[:16]}…)"
+    )
+
+
+@ledger_app.command("correct")
+@reports_errors
+def ledger_correct(
+    transfer_id: Annotated[str, typer.Argument(help="The full 64-hex id of the wrong transfer")],
+    reason: Annotated[str, typer.Option(help="What was wrong (kept in the ledger)")],
+    amount: Annotated[str | None, typer.Option(help="The right amount in DBX")] = None,
+    credit: Annotated[str | None, typer.Option(help="The right account to credit")] = None,
+    debit: Annotated[str | None, typer.Option(help="The right account to debit")] = None,
+) -> None:
+    """Reverse a wrong transfer and post the right movement, in one transaction."""
+    from databright.ledger import correct_transfer
+
+    fixed = correct_transfer(
+        _settings().exchange_db(),
+        transfer_id,
+        reason=reason,
+        amount=None if amount is None else _amount(amount),
+        credit_account=credit,
+        debit_account=debit,
+    )
+    right = fixed.replacement
+    console.print(
+        f"reversed {transfer_id[:16]}… and posted {right.debit_account} -> {right.credit_account} "
+        f"{format_amount(right.amount)} ({right.transfer_id[:16]}…)"
+    )
+
+
 @ledger_app.command("verify")
 @reports_errors
 def ledger_verify() -> None:

@@ -122,3 +122,19 @@ def test_settle_status_without_settlements_says_how_to_propose(runner, settings)
         "no period has been settled yet; propose one with `databright settle --period YYYY-MM`"
         in result.output
     )
+
+
+def test_ledger_reverse_and_correct_from_the_terminal(runner, settings):
+    from databright.ledger import Ledger, balance, verify_ledger
+
+    assert runner.invoke(app, ["ledger", "deposit", "acme", "5", "--reference", "wire-7"]).exit_code == 0
+    [wrong] = Ledger(settings.exchange_db()).transfers()
+    result = runner.invoke(
+        app, ["ledger", "correct", wrong.transfer_id, "--reason", "it was 3 DBX", "--amount", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "posted external:deposits -> trainer:acme 3.000000 DBX" in result.output
+    assert balance(settings.exchange_db(), "trainer:acme") == 3_000_000
+    assert verify_ledger(settings.exchange_db()).ok
+    again = runner.invoke(app, ["ledger", "reverse", "0" * 64, "--reason", "typo"])
+    assert again.exit_code != 0 and "no transfer '000" in again.output

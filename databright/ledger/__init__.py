@@ -9,6 +9,8 @@
   ``account_balances``.
 * ``escrow`` — a job's budget: ``escrow_job_payment`` at submission, ``refund_job_payment`` when it
   fails, ``close_escrow`` (payment to revenue, unused budget back) when its period settles.
+* ``corrections`` — ``reverse_transfer`` and ``correct_transfer`` (reversal plus the right movement,
+  one transaction); ``ledger verify`` checks every reversal and reads the effective transfers.
 * ``cash`` — the boundary: ``deposit``, ``deposit_unmatched`` / ``match_deposit`` (through
   ``suspense``), ``request_withdrawal`` / ``confirm_withdrawal`` / ``return_withdrawal`` (through
   ``payout_clearing``).
@@ -59,6 +61,7 @@ from databright.ledger.cash import (
     request_withdrawal,
     return_withdrawal,
 )
+from databright.ledger.corrections import Correction, correct_transfer, reverse_transfer
 from databright.ledger.escrow import close_escrow, escrow_job_payment, refund_job_payment
 from databright.ledger.store import Ledger, account_balances, balance
 from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, transfer_id_for
@@ -81,6 +84,7 @@ __all__ = [
     "AuditChainReport",
     "Check",
     "Checkpoint",
+    "Correction",
     "Ledger",
     "LedgerReport",
     "Transfer",
@@ -93,6 +97,7 @@ __all__ = [
     "close_escrow",
     "confirm_withdrawal",
     "contributor_account",
+    "correct_transfer",
     "deposit",
     "deposit_unmatched",
     "escrow_job_payment",
@@ -102,6 +107,7 @@ __all__ = [
     "refund_job_payment",
     "request_withdrawal",
     "return_withdrawal",
+    "reverse_transfer",
     "trainer_account",
     "transfer_id_for",
     "verify_audit_chain",

@@ -6,6 +6,9 @@ the rows, so a bug, a manual ``INSERT`` or a damaged file shows up as a named fa
 * transfers balanced per ledger — every transfer's two accounts exist on the transfer's ledger, so
   the net balances of each ledger's accounts sum to zero;
 * flagged accounts non-negative — no ``debits_must_not_exceed_credits`` account is overdrawn;
+* reversals — each names a posted transfer, mirrors it and has the id derived from it; the checks
+  below read the effective transfers (``corrections.EFFECTIVE_TRANSFERS``: reversed transfers and
+  their reversals left out), which is what the books say after a correction;
 * uniqueness — each transfer id once, and each job's escrow, revenue, refund, settlement leg and
   payout to one holder once (a second one under another idempotency key would pass the key);
 * per-job conservation — a settled job's payment is recognised as revenue exactly, its data, compute
@@ -32,6 +35,7 @@ from databright.db import ExchangeDB
 from databright.errors import LedgerError, LedgerInvariantBroken
 from databright.ledger.accounts import COMPUTE_POOL, DATA_POOL, ESCROW, PAYOUT_CLEARING, REVENUE, SUSPENSE
 from databright.ledger.audit_log import verify_audit_chain
+from databright.ledger.corrections import EFFECTIVE_TRANSFERS, reversal_problems
 from databright.ledger.store import BALANCE_SQL
 from databright.ledger.transfers import SETTLE_CODES, TransferCode
 from databright.money import format_minor
@@ -165,7 +169,7 @@ def _flagged_non_negative(con: duckdb.DuckDBPyConnection) -> list[Check]:
 def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
     settle = [int(c) for c in SETTLE_CODES]
     rows = con.execute(
-        """
+        f"""
         SELECT t.job_id,
                COALESCE(SUM(t.amount) FILTER (WHERE t.code = $1 AND t.debit_account = $2
                                               AND t.credit_account = $3), 0::HUGEINT),
@@ -178,7 +182,7 @@ def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
                COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $2), 0::HUGEINT)
                  - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $2), 0::HUGEINT),
                any_value(j.payment)
-        FROM transfers t LEFT JOIN jobs j USING (job_id)
+        FROM {EFFECTIVE_TRANSFERS} t LEFT JOIN jobs j USING (job_id)
         WHERE t.job_id IS NOT NULL
         GROUP BY t.job_id
         HAVING count(*) FILTER (WHERE t.code = $1 OR t.code = ANY($4)) > 0
@@ -221,13 +225,13 @@ def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
 def _period_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
     """Per period: what was recognised as revenue left it again, as payouts, carries and the fee."""
     rows = con.execute(
-        """
+        f"""
         SELECT period,
                COALESCE(SUM(amount) FILTER (WHERE code = $1), 0::HUGEINT),
                COALESCE(SUM(amount) FILTER (WHERE debit_account = $2), 0::HUGEINT),
                COALESCE(SUM(amount) FILTER (WHERE code = $3 AND debit_account IN ($4, $5)), 0::HUGEINT),
                COALESCE(SUM(amount) FILTER (WHERE code = $6), 0::HUGEINT)
-        FROM transfers WHERE period IS NOT NULL
+        FROM {EFFECTIVE_TRANSFERS} WHERE period IS NOT NULL
         GROUP BY period
         HAVING count(*) FILTER (WHERE code = $1 OR debit_account = $2 OR credit_account = $2) > 0
         ORDER BY period
@@ -328,9 +332,9 @@ def _withdrawals_in_flight(con: duckdb.DuckDBPyConnection) -> list[Check]:
     requested, done = (
         int(v)
         for v in con.execute(
-            """SELECT COALESCE(SUM(amount) FILTER (WHERE code = $1), 0::HUGEINT),
+            f"""SELECT COALESCE(SUM(amount) FILTER (WHERE code = $1), 0::HUGEINT),
                       COALESCE(SUM(amount) FILTER (WHERE code = ANY($2)), 0::HUGEINT)
-               FROM transfers WHERE debit_account = $3 OR credit_account = $3""",
+               FROM {EFFECTIVE_TRANSFERS} WHERE debit_account = $3 OR credit_account = $3""",
             [
                 int(TransferCode.WITHDRAWAL),
                 [int(TransferCode.WITHDRAWAL_SENT), int(TransferCode.WITHDRAWAL_RETURNED)],
@@ -365,14 +369,14 @@ def _uniqueness(con: duckdb.DuckDBPyConnection) -> list[Check]:
         int(c) for c in (TransferCode.ESCROW, TransferCode.RECOGNISE, TransferCode.REFUND, *SETTLE_CODES)
     ]
     rows = con.execute(
-        """
+        f"""
         SELECT 'transfer id ' || transfer_id, count(*) FROM transfers GROUP BY transfer_id HAVING count(*) > 1
         UNION ALL
-        SELECT 'job ' || job_id || ': ' || code::VARCHAR, count(*) FROM transfers
+        SELECT 'job ' || job_id || ': ' || code::VARCHAR, count(*) FROM {EFFECTIVE_TRANSFERS}
         WHERE job_id IS NOT NULL AND code = ANY($1) GROUP BY job_id, code HAVING count(*) > 1
         UNION ALL
         SELECT 'job ' || job_id || ': payout ' || debit_account || ' -> ' || credit_account, count(*)
-        FROM transfers WHERE job_id IS NOT NULL AND code = $2
+        FROM {EFFECTIVE_TRANSFERS} WHERE job_id IS NOT NULL AND code = $2
         GROUP BY job_id, debit_account, credit_account HAVING count(*) > 1
         ORDER BY 1
         """,
@@ -396,16 +400,28 @@ def _uniqueness(con: duckdb.DuckDBPyConnection) -> list[Check]:
     ]
 
 
+def _reversals(con: duckdb.DuckDBPyConnection) -> list[Check]:
+    problems = reversal_problems(con)
+    if problems:
+        return [Check("reversals", False, p) for p in problems]
+    count = int(
+        con.execute("SELECT count(*) FROM transfers WHERE code = ?", [int(TransferCode.REVERSAL)]).fetchall()[
+            0
+        ][0]
+    )
+    return [Check("reversals", True, f"{_plural(count, 'reversal')}, each mirroring the transfer it names")]
+
+
 def _escrow_matches(con: duckdb.DuckDBPyConnection) -> list[Check]:
     """Escrow holds, job by job, either a whole budget (open job) or nothing (failed or settled)."""
     held = _balance(con, ESCROW)
     rows = con.execute(
-        """
+        f"""
         SELECT t.job_id,
                COALESCE(SUM(t.amount) FILTER (WHERE t.code = $1 AND t.credit_account = $2), 0::HUGEINT),
                COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $2), 0::HUGEINT),
                any_value(j.budget)
-        FROM transfers t LEFT JOIN jobs j USING (job_id)
+        FROM {EFFECTIVE_TRANSFERS} t LEFT JOIN jobs j USING (job_id)
         WHERE t.job_id IS NOT NULL AND (t.credit_account = $2 OR t.debit_account = $2)
         GROUP BY t.job_id ORDER BY t.job_id
         """,
@@ -459,6 +475,7 @@ def verify_ledger(
         checks = [
             *_ledger_balance(con),
             *_flagged_non_negative(con),
+            *_reversals(con),
             *_uniqueness(con),
             *_job_conservation(con),
             *_period_conservation(con),

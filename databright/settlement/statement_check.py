@@ -26,6 +26,7 @@ from typing import Any
 from databright.db import ExchangeDB
 from databright.errors import DatabrightError, SettlementError
 from databright.ledger.accounts import EXCHANGE_FEE, account_for
+from databright.ledger.corrections import EFFECTIVE_TRANSFERS
 from databright.ledger.transfers import TransferCode
 from databright.settlement.allocation import Allocation, allocate_job, allocation_root
 from databright.settlement.inputs import check_job, completed_jobs, load_envelope, load_valuation
@@ -87,15 +88,16 @@ def _ledger_total(db: ExchangeDB, holder: str, period: str) -> int:
     if kind == "trainer":
         # What the trainer paid: the payments recognised as revenue for its jobs (its budgets' unused
         # rest went back to it, and is no part of the statement).
-        sql = """SELECT COALESCE(SUM(t.amount), 0::HUGEINT) FROM transfers t JOIN jobs j USING (job_id)
+        sql = f"""SELECT COALESCE(SUM(t.amount), 0::HUGEINT)
+                 FROM {EFFECTIVE_TRANSFERS} t JOIN jobs j USING (job_id)
                  WHERE j.trainer_id = ? AND t.code = ? AND t.period = ? AND j.status = 'completed'"""
         params: list[Any] = [account_for(holder).holder, int(TransferCode.RECOGNISE), period]
     elif holder == EXCHANGE_FEE:
-        sql = """SELECT COALESCE(SUM(amount), 0::HUGEINT) FROM transfers
+        sql = f"""SELECT COALESCE(SUM(amount), 0::HUGEINT) FROM {EFFECTIVE_TRANSFERS}
                  WHERE credit_account = ? AND code = ? AND period = ?"""
         params = [holder, int(TransferCode.SETTLE_FEE), period]
     else:
-        sql = """SELECT COALESCE(SUM(amount), 0::HUGEINT) FROM transfers
+        sql = f"""SELECT COALESCE(SUM(amount), 0::HUGEINT) FROM {EFFECTIVE_TRANSFERS}
                  WHERE credit_account = ? AND code = ? AND period = ?"""
         params = [holder, int(TransferCode.PAYOUT), period]
     return int(db.query(sql, params)[0][0])

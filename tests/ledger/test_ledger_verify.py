@@ -99,6 +99,7 @@ def test_honest_books_pass_with_readable_lines(books):
     assert {c.name for c in report.checks} == {
         "ledger_balance",
         "flagged_non_negative",
+        "reversals",
         "uniqueness",
         "job_conservation",
         "period_conservation",
