@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from json.encoder import encode_basestring as _json_str  # the string encoder of ensure_ascii=False
 from typing import Any, Protocol
 
 from databright.crypto import canonical_json, merkle_root_hex
@@ -259,9 +260,33 @@ def sort_allocations(rows: list[Allocation]) -> list[Allocation]:
     return sorted(rows, key=lambda a: (a.job_id, order[a.role], a.holder, a.basis))
 
 
+def allocation_leaf(a: Allocation) -> bytes:
+    """``canonical_json(a.to_dict())``, written out for the row's usual types (str fields, int money).
+
+    ``asdict`` and the generic encoder cost ~12 µs a row, most of a period's root; this is the same
+    bytes (keys sorted, JSON string escapes of ``json.dumps(ensure_ascii=False)``, ints in decimal)
+    at ~1 µs. Any other field type takes the generic path, so the bytes never differ.
+    """
+    if (
+        type(a.weight) is int
+        and type(a.amount) is int
+        and type(a.period) is str
+        and type(a.job_id) is str
+        and type(a.holder) is str
+        and type(a.role) is str
+        and type(a.basis) is str
+    ):
+        return (
+            f'{{"amount":{a.amount},"basis":{_json_str(a.basis)},"holder":{_json_str(a.holder)},'
+            f'"job_id":{_json_str(a.job_id)},"period":{_json_str(a.period)},"role":{_json_str(a.role)},'
+            f'"weight":{a.weight}}}'
+        ).encode()
+    return canonical_json(a.to_dict())
+
+
 def allocation_root(rows: list[Allocation]) -> str:
     """RFC 6962 Merkle root over the canonical JSON of the rows, in settlement order."""
-    return merkle_root_hex([canonical_json(a.to_dict()) for a in sort_allocations(rows)])
+    return merkle_root_hex([allocation_leaf(a) for a in sort_allocations(rows)])
 
 
 # --- the period's payouts: minimum payout and carry-over ------------------------------------------
