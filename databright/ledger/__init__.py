@@ -8,8 +8,9 @@
   conflicting retries raise ``LedgerConflict``, overdrafts are refused whole. Helpers for the other
   domains: ``deposit``, ``escrow_job_payment``, ``refund_job_payment``, ``balance``,
   ``account_balances``.
-* ``audit_log`` — the audit chain: every transfer and settlement write appends a hash-chained
-  ``audit_log`` row in its own transaction; ``checkpoint(db, store, load_audit_key(keys_dir))`` signs
+* ``audit_log`` — the audit chain: every posted batch of transfers and every settlement write appends
+  a hash-chained ``audit_log`` row in its own transaction (``audit_rows`` computes what a row says
+  about the rows it logs); ``checkpoint(db, store, load_audit_key(keys_dir))`` signs
   the RFC 6962 root and exports it to ``audit/checkpoints/``; ``verify_audit_chain`` checks it all.
 * ``verify`` — ``verify_ledger(db, store=..., audit_key=...)`` re-checks every invariant from the rows
   (the audit chain when given the store and key) and returns a ``LedgerReport``.

@@ -2,9 +2,10 @@
 
 Rows are only ever inserted — never updated or deleted — so the transfers table *is* the history;
 a correction is a reversing transfer. ``Ledger.post`` runs inside the caller's transaction so a
-settlement's transfers and its state change commit together, and so does each transfer's entry in
-the audit chain (``audit_log``). Balances are computed in SQL as
-HUGEINT and come back as Python ints; money never passes through a DataFrame or a float.
+settlement's transfers and its state change commit together, and so does the batch's one entry in
+the audit chain (``audit_log``: its rows share a ``created_at`` unique to the batch). Balances are
+computed in SQL as HUGEINT and come back as Python ints; money never passes through a DataFrame or a
+float.
 """
 
 from __future__ import annotations
@@ -165,8 +166,7 @@ class Ledger:
                     )
         self._check_funds(con, new, accounts)
 
-        now = dt.datetime.now(dt.UTC)
-        inserted = [[*t.row(), now] for t in new]
+        now = self._batch_instant(con)
         # One statement over column lists (one parameter per column), in batch order. Amounts travel
         # as decimal strings and are cast to HUGEINT by DuckDB, so no amount passes through a float.
         columns = [list(column) for column in zip(*(t.row() for t in new), strict=True)]
@@ -179,9 +179,22 @@ class Ledger:
             "$11::TIMESTAMPTZ)",
             [*columns, now],
         )
-        # In the same transaction: the transfers and their audit entries commit together or not at all.
-        record_transfers(con, inserted)
+        # In the same transaction: the transfers and their audit entry commit together or not at all.
+        record_transfers(con, now)
         return new
+
+    def _batch_instant(self, con: duckdb.DuckDBPyConnection) -> dt.datetime:
+        """``created_at`` of a new batch: now, or 1 µs after the latest transfer if that is not earlier.
+
+        The audit chain logs a batch as one entry whose subject is this instant, so no two batches may
+        share one. Two transactions that read the same latest instant both append the same audit seq,
+        and only one of them commits.
+        """
+        now = dt.datetime.now(dt.UTC)
+        latest = con.execute("SELECT max(created_at) FROM transfers").fetchall()[0][0]
+        if latest is not None and latest >= now:
+            return latest + dt.timedelta(microseconds=1)
+        return now
 
     def _existing(self, con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Transfer]:
         # A semi-join (hash) rather than list_contains per row, which scans the id list for each row.
