@@ -25,6 +25,7 @@ from databright.ledger.accounts import (
     trainer_account,
 )
 from databright.ledger.audit_log import record_transfers
+from databright.ledger.bulk import arrow_view
 from databright.ledger.transfers import SETTLE_CODES, Transfer, TransferCode, check_amount
 from databright.money import format_minor
 
@@ -89,18 +90,20 @@ class Ledger:
         accounts = [account_for(a) for a in dict.fromkeys(account_ids)]
         if accounts:
             # One statement for the whole batch: a settlement opens an account per holder at once.
-            con.execute(
-                "INSERT INTO accounts SELECT * FROM (SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), "
-                "unnest($3::INTEGER[]), unnest($4::BOOLEAN[]), $5::TIMESTAMPTZ) "
-                "ON CONFLICT (account_id) DO NOTHING",
-                [
-                    [a.account_id for a in accounts],
-                    [a.kind.value for a in accounts],
-                    [a.ledger for a in accounts],
-                    [a.debits_must_not_exceed_credits for a in accounts],
-                    dt.datetime.now(dt.UTC),
-                ],
-            )
+            with arrow_view(
+                con,
+                {
+                    "account_id": ("string", [a.account_id for a in accounts]),
+                    "kind": ("string", [a.kind.value for a in accounts]),
+                    "ledger": ("int32", [a.ledger for a in accounts]),
+                    "flagged": ("bool", [a.debits_must_not_exceed_credits for a in accounts]),
+                },
+            ) as batch:
+                con.execute(
+                    f"INSERT INTO accounts SELECT account_id, kind, ledger, flagged, $1::TIMESTAMPTZ "
+                    f"FROM {batch} ON CONFLICT (account_id) DO NOTHING",
+                    [dt.datetime.now(dt.UTC)],
+                )
         return accounts
 
     def accounts(self) -> list[Account]:
@@ -167,18 +170,20 @@ class Ledger:
         self._check_funds(con, new, accounts)
 
         now = self._batch_instant(con)
-        # One statement over column lists (one parameter per column), in batch order. Amounts travel
-        # as decimal strings and are cast to HUGEINT by DuckDB, so no amount passes through a float.
-        columns = [list(column) for column in zip(*(t.row() for t in new), strict=True)]
-        columns[3] = [str(amount) for amount in columns[3]]
-        con.execute(
-            f"INSERT INTO transfers ({_TRANSFER_COLUMNS}, created_at) SELECT * FROM (SELECT "
-            "unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
-            "CAST(unnest($4::VARCHAR[]) AS HUGEINT), unnest($5::INTEGER[]), unnest($6::SMALLINT[]), "
-            "unnest($7::VARCHAR[]), unnest($8::VARCHAR[]), unnest($9::VARCHAR[]), unnest($10::VARCHAR[]), "
-            "$11::TIMESTAMPTZ)",
-            [*columns, now],
-        )
+        # One statement over an Arrow table of the batch, in batch order. Amounts travel as decimal
+        # strings and are cast to HUGEINT by DuckDB, so no amount passes through a float.
+        rows = [t.row() for t in new]
+        names = [c.strip() for c in _TRANSFER_COLUMNS.split(",")]
+        kinds = dict.fromkeys(names, "string") | {"ledger": "int32", "code": "int16"}
+        columns = {name: (kinds[name], [r[i] for r in rows]) for i, name in enumerate(names)}
+        columns["amount"] = ("string", [str(r[3]) for r in rows])
+        with arrow_view(con, columns) as view:
+            con.execute(
+                f"INSERT INTO transfers ({_TRANSFER_COLUMNS}, created_at) SELECT transfer_id, debit_account, "
+                "credit_account, CAST(amount AS HUGEINT), ledger, code, period, settlement_id, job_id, memo, "
+                f"$1::TIMESTAMPTZ FROM {view}",
+                [now],
+            )
         # In the same transaction: the transfers and their audit entry commit together or not at all.
         record_transfers(con, now)
         return new
