@@ -405,7 +405,7 @@ def child(home: Path, out: Path, mode: str, statements_full_max: int) -> None:
     report["stage_calls"] = clock.calls
     report["unattributed_s"] = report["settle_s"] - sum(clock.seconds.values()) if mode == "time" else None
     report |= check_result(db, result)
-    if mode == "time" and captured:
+    if mode == "time" and captured and statements_full_max >= 0:
         report["statements"] = measure_statements(settlement_pkg, captured[0], settings, statements_full_max)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps(report, default=str), encoding="utf-8")
@@ -722,6 +722,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="time only the ladder rung with this many holders and print its stages; results not saved",
     )
     parser.add_argument("--profile", action="store_true", help="with --rung: add one cProfile run")
+    parser.add_argument(
+        "--no-statements",
+        action="store_true",
+        help="with --rung: skip the statements measurement (its sample takes ~20 min at 100k holders)",
+    )
     parser.add_argument("--no-full", action="store_true", help="never run the full rung; extrapolate it")
     parser.add_argument(
         "--full-limit-s", type=float, default=600.0, help="run the full rung below this prediction"
@@ -748,7 +753,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         work = Path(tmp)
         if args.rung:
             shape = next(s for s in LADDER if s.holders == args.rung)
-            rung = bench_rung(shape, work, args.repeats, args.profile, args.statements_full_max)
+            full_max = -1 if args.no_statements else args.statements_full_max  # -1: the child skips them
+            rung = bench_rung(shape, work, args.repeats, args.profile, full_max)
             print(json.dumps(rung_summary(rung), indent=2))
             return rung
         if args.quick:
