@@ -1,13 +1,15 @@
 """Settlement benchmark: one period settled end to end at 10k → 1M contributors.
 
-``python -m benchmarks.settlement [--repeats K] [--no-full] [--quick]`` (``make bench`` should run it
-with the defaults) writes, from a fixed seed, a synthetic period straight into a fresh file-backed
-exchange home (DuckDB file + local object store): N contributors, J jobs on P providers and T
-trainers, each job's payment deposited and escrowed (``Ledger.post``, so the audit chain holds
-them), a job row, a real ``UsageReceipt`` naming R/J owners (rows used, visits, value) signed by the
-provider's Ed25519 session key into a DSSE envelope in the store, and a real ``ValuationReceipt``
-bound to that envelope, signed the same way and kept with ``store_valuation``. The J receipts hold
-R usage rows ((job, owner) pairs); every contributor is used in R/N jobs.
+``python -m benchmarks.settlement [--repeats K] [--no-full] [--quick] [--rung HOLDERS [--profile]]``
+(``make bench`` should run it with the defaults; ``--rung`` times one ladder rung and prints its stages,
+with ``--profile`` its cProfile summary too, saving nothing) writes, from a fixed seed, a synthetic
+period straight into a fresh file-backed exchange home (DuckDB file + local object store): N
+contributors, J jobs on P providers and T trainers, each job's payment deposited and escrowed
+(``Ledger.post``, so the audit chain holds them), a job row, a real ``UsageReceipt`` naming R/J owners
+(rows used, visits, value) signed by the provider's Ed25519 session key into a DSSE envelope in the
+store, and a real ``ValuationReceipt`` bound to that envelope, signed the same way and kept with
+``store_valuation``. The J receipts hold R usage rows ((job, owner) pairs); every contributor is used in
+R/N jobs.
 
 Then, in a child process per run (so peak RSS is the settlement's own: ``ru_maxrss``, cross-checked
 by polling with psutil), on a fresh copy of the home:
@@ -272,7 +274,7 @@ def generate(home: Path, shape: Shape, seed: int = 7) -> dict[str, Any]:
             )
         )  # fmt: skip
         job_rows.append(
-            [job_id, PERIOD, trainer, DATASET, DATASET_VERSION, "tabular_logreg", payment, provider,
+            [job_id, PERIOD, trainer, DATASET, DATASET_VERSION, "tabular_logreg", payment, payment, provider,
              f"offer-{provider}", "completed", receipt_key, f"models/{job_id}.pt", receipt.model_digest,
              work_units, dt.datetime.now(dt.UTC)]
         )  # fmt: skip
@@ -280,9 +282,9 @@ def generate(home: Path, shape: Shape, seed: int = 7) -> dict[str, Any]:
         Ledger(db).post(con, escrows)
         con.executemany(
             """INSERT INTO jobs (job_id, period, trainer_id, dataset, dataset_version, task, payment,
-                   provider_id, offer_id, status, receipt_key, model_key, model_digest, work_units,
-                   created_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   budget, provider_id, offer_id, status, receipt_key, model_key, model_digest,
+                   work_units, created_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             job_rows,
         )
     size = sum(f.stat().st_size for f in home.rglob("*") if f.is_file())
@@ -403,7 +405,7 @@ def child(home: Path, out: Path, mode: str, statements_full_max: int) -> None:
     report["stage_calls"] = clock.calls
     report["unattributed_s"] = report["settle_s"] - sum(clock.seconds.values()) if mode == "time" else None
     report |= check_result(db, result)
-    if mode == "time" and captured:
+    if mode == "time" and captured and statements_full_max >= 0:
         report["statements"] = measure_statements(settlement_pkg, captured[0], settings, statements_full_max)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps(report, default=str), encoding="utf-8")
@@ -675,6 +677,23 @@ def note(results: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def rung_summary(rung: dict[str, Any]) -> dict[str, Any]:
+    """One rung's total, memory, stages (costliest first) and profile, for ``--rung``."""
+    stages = sorted(rung["stages_median_s"].items(), key=lambda kv: -kv[1])
+    return {
+        "label": rung["label"],
+        "seconds_median": round(rung["seconds_median"], 3),
+        "seconds_runs": [round(x, 3) for x in rung["seconds_runs"]],
+        "peak_rss_settle_mb": round(rung["peak_rss_settle_mb"]),
+        "stages_median_s": {k: round(v, 3) for k, v in stages},
+        "unattributed_s": round(rung["unattributed_s"], 3),
+        "checkpoint_s": round(rung["groups_median_s"]["checkpoint"], 3),
+        "posted": rung["posted"],
+        "stages_missing": rung["stages_missing"],
+        "profile": rung["profile"],
+    }
+
+
 def versions() -> dict[str, str]:
     return {
         "python": sys.version.split()[0],
@@ -695,6 +714,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--quick", action="store_true", help=f"one tiny rung ({QUICK.label}), results not saved"
+    )
+    parser.add_argument(
+        "--rung",
+        type=int,
+        choices=[s.holders for s in LADDER],
+        help="time only the ladder rung with this many holders and print its stages; results not saved",
+    )
+    parser.add_argument("--profile", action="store_true", help="with --rung: add one cProfile run")
+    parser.add_argument(
+        "--no-statements",
+        action="store_true",
+        help="with --rung: skip the statements measurement (its sample takes ~20 min at 100k holders)",
     )
     parser.add_argument("--no-full", action="store_true", help="never run the full rung; extrapolate it")
     parser.add_argument(
@@ -720,6 +751,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_before, started = [round(x, 2) for x in os.getloadavg()], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="databright-bench-settlement-") as tmp:
         work = Path(tmp)
+        if args.rung:
+            shape = next(s for s in LADDER if s.holders == args.rung)
+            full_max = -1 if args.no_statements else args.statements_full_max  # -1: the child skips them
+            rung = bench_rung(shape, work, args.repeats, args.profile, full_max)
+            print(json.dumps(rung_summary(rung), indent=2))
+            return rung
         if args.quick:
             rung = bench_rung(QUICK, work, 1, False, args.statements_full_max)
             print(

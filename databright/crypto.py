@@ -50,10 +50,14 @@ def _reject_non_finite(obj: Any) -> Any:
 
 def canonical_json(obj: Any) -> bytes:
     """The one byte encoding of a JSON value that DataBright hashes and signs."""
-    _reject_non_finite(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-        "utf-8"
-    )
+    try:
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        # allow_nan=False already refuses NaN and ±Infinity; the walk (run only on failure, as it
+        # costs more than the encoding of a small key) names the offending value in the error.
+        _reject_non_finite(obj)
+        raise
+    return text.encode()
 
 
 def sha256(data: bytes) -> bytes:

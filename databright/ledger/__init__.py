@@ -14,8 +14,9 @@
 * ``cash`` — the boundary: ``deposit``, ``deposit_unmatched`` / ``match_deposit`` (through
   ``suspense``), ``request_withdrawal`` / ``confirm_withdrawal`` / ``return_withdrawal`` (through
   ``payout_clearing``).
-* ``audit_log`` — the audit chain: every transfer and settlement write appends a hash-chained
-  ``audit_log`` row in its own transaction; ``checkpoint(db, store, load_audit_key(keys_dir))`` signs
+* ``audit_log`` — the audit chain: every posted batch of transfers and every settlement write appends
+  a hash-chained ``audit_log`` row in its own transaction (``audit_rows`` computes what a row says
+  about the rows it logs); ``checkpoint(db, store, load_audit_key(keys_dir))`` signs
   the RFC 6962 root and exports it to ``audit/checkpoints/``; ``verify_audit_chain`` checks it all.
 * ``verify`` — ``verify_ledger(db, store=..., audit_key=...)`` re-checks every invariant from the rows
   (the audit chain when given the store and key) and returns a ``LedgerReport``.

@@ -1,14 +1,16 @@
 """The audit chain: a hash-chained log of every ledger and settlement write, with signed checkpoints.
 
 Every write that moves or decides money appends one row to ``audit_log`` *inside the transaction
-that makes the write*, so a crash leaves both or neither: ``Ledger.post`` logs each new transfer
-(``kind = "transfer"``, every column), the settlement store logs each change of a period's row
+that makes the write*, so a crash leaves both or neither: ``Ledger.post`` logs each batch of new
+transfers (``kind = "transfers"``, subject the batch's ``created_at``: count, total and a digest over
+every column of its rows), the settlement store logs each change of a period's row
 (``"settlement-state"``, the whole row) and each replacement of its allocations (``"allocations"``,
-count, total and ``allocation_root`` of the rows). ``body`` is the canonical JSON of that content.
+count, total and ``allocation_root`` of the rows). ``body`` is the canonical JSON of that content;
+``databright.ledger.audit_rows`` defines the bodies and computes them from the tables in bulk.
 
 Entry hashes (hex in the table, raw bytes below), with ``lp(x) = u64be(len(x)) ‖ x`` over UTF-8::
 
-    entry_hash(seq) = SHA-256("databright/audit-log/v1" ‖ 0x00 ‖ prev_hash ‖ lp(kind) ‖ lp(subject)
+    entry_hash(seq) = SHA-256("databright/audit-log/v2" ‖ 0x00 ‖ prev_hash ‖ lp(kind) ‖ lp(subject)
                               ‖ lp(body) ‖ u64be(seq))
     prev_hash(1) = 32 zero bytes;  prev_hash(seq) = entry_hash(seq - 1);  seq is dense from 1
 
@@ -18,6 +20,7 @@ the tree size, the last entry hash and a timestamp in a DSSE envelope (``CHECKPO
 by the audit key ``keys/audit.pem`` (its own, like the stage key), exported to ``audit/checkpoints/
 <size>.json`` and ``latest.json``; it never signs a log that contradicts the last checkpoint.
 ``verify_audit_chain`` recomputes the chain, matches every row with its entry, checks every checkpoint.
+v2 (this format) logs a batch of transfers as one entry; v1 logged one entry per transfer.
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ from databright.crypto import (
     sign_envelope,
 )
 from databright.errors import ConfigError, DatabrightError, IntegrityError
+from databright.ledger.audit_rows import (
+    allocations_body,
+    batch_subject,
+    settlement_body,
+    transfer_batch_bodies,
+    transfer_batch_body,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -50,26 +60,22 @@ if TYPE_CHECKING:
 DDL = """
 CREATE TABLE IF NOT EXISTS audit_log (
     seq        BIGINT PRIMARY KEY,        -- dense, from 1
-    kind       VARCHAR NOT NULL,          -- transfer | settlement-state | allocations
-    subject    VARCHAR NOT NULL,          -- the transfer id, or the settlement's period
+    kind       VARCHAR NOT NULL,          -- transfers | settlement-state | allocations
+    subject    VARCHAR NOT NULL,          -- the transfer batch's created_at, or the settlement's period
     body       VARCHAR NOT NULL,          -- canonical JSON of what was written
     prev_hash  VARCHAR NOT NULL,          -- hex; 64 zeros before seq 1
     entry_hash VARCHAR NOT NULL           -- hex sha256, see the module docstring
 );
 """
 
-KINDS = ("transfer", "settlement-state", "allocations")
+KINDS = ("transfers", "settlement-state", "allocations")
 GENESIS = "0" * 64
-DOMAIN = b"databright/audit-log/v1\x00"
+DOMAIN = b"databright/audit-log/v2\x00"
 CHECKPOINT_PAYLOAD_TYPE = "application/vnd.databright.audit-checkpoint.v1+json"
 AUDIT_KEY_FILE = "audit.pem"
 CHECKPOINTS = "audit/checkpoints/"
 LATEST = CHECKPOINTS + "latest.json"
 LOG_NAME = "databright-audit-log"
-_TRANSFER_FIELDS = (
-    *("transfer_id", "debit_account", "credit_account", "amount", "ledger", "code", "period"),
-    *("settlement_id", "job_id", "memo", "created_at"),
-)
 _ENTRY_COLUMNS = "seq, kind, subject, body, prev_hash, entry_hash"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_PROBLEMS = 50  # a report lists this many problems, then says how many more
@@ -92,13 +98,6 @@ def entry_hash(seq: int, kind: str, subject: str, body: str, prev_hash: str) -> 
     return sha256_hex(
         DOMAIN + bytes.fromhex(prev_hash) + _lp(kind) + _lp(subject) + _lp(body) + seq.to_bytes(8, "big")
     )
-
-
-def _value(value: Any) -> Any:
-    # Instants as UTC ISO 8601 with microseconds, whatever the session's time zone: one row, one body.
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
-    return value
 
 
 def append(con: duckdb.DuckDBPyConnection, kind: str, entries: Sequence[tuple[str, dict[str, Any]]]) -> int:
@@ -130,42 +129,9 @@ def append(con: duckdb.DuckDBPyConnection, kind: str, entries: Sequence[tuple[st
 # --- what each kind of entry records --------------------------------------------------------------
 
 
-def transfer_body(row: Sequence[Any]) -> dict[str, Any]:
-    """A transfer's every column (table order, ``created_at`` last); the amount as a decimal string."""
-    body = {name: _value(value) for name, value in zip(_TRANSFER_FIELDS, row, strict=True)}
-    body["amount"] = str(int(row[3]))
-    return body
-
-
-def record_transfers(con: duckdb.DuckDBPyConnection, rows: Sequence[Sequence[Any]]) -> None:
-    """Log transfers just inserted, given as the rows inserted (``Transfer.row()`` + ``created_at``)."""
-    append(con, "transfer", [(str(r[0]), transfer_body(r)) for r in rows])
-
-
-def _settlement_body(con: duckdb.DuckDBPyConnection, period: str) -> dict[str, Any] | None:
-    # SELECT * with the column names: a column added to settlements later is logged too.
-    rows = con.execute("SELECT * FROM settlements WHERE period = ?", [period]).fetchall()
-    names = [d[0] for d in con.description or []]
-    return {n: _value(v) for n, v in zip(names, rows[0], strict=True)} if rows else None
-
-
-def _allocations_body(con: duckdb.DuckDBPyConnection, period: str) -> dict[str, Any]:
-    # Imported here: settlement imports the ledger, which imports this module.
-    from databright.settlement.allocation import Allocation, allocation_root
-
-    rows = [
-        Allocation(r[0], r[1], r[2], r[3], r[4], int(r[5]), int(r[6]))
-        for r in con.execute(
-            "SELECT period, job_id, holder, role, basis, weight, amount FROM allocations WHERE period = ?",
-            [period],
-        ).fetchall()
-    ]
-    return {
-        "period": period,
-        "rows": len(rows),
-        "amount": str(sum(a.amount for a in rows)),
-        "allocation_root": allocation_root(rows),
-    }
+def record_transfers(con: duckdb.DuckDBPyConnection, created_at: dt.datetime) -> None:
+    """Log the batch of transfers just inserted with ``created_at`` (unique per batch) as one entry."""
+    append(con, "transfers", [(batch_subject(created_at), transfer_batch_body(con, created_at))])
 
 
 def _record_if_changed(con: duckdb.DuckDBPyConnection, kind: str, subject: str, body: dict[str, Any]) -> None:
@@ -179,12 +145,12 @@ def _record_if_changed(con: duckdb.DuckDBPyConnection, kind: str, subject: str, 
 
 def record_settlement(con: duckdb.DuckDBPyConnection, period: str) -> None:
     """Log the period's settlements row as it now stands, if it differs from its last entry."""
-    _record_if_changed(con, "settlement-state", period, _settlement_body(con, period) or {})
+    _record_if_changed(con, "settlement-state", period, settlement_body(con, period) or {})
 
 
 def record_allocations(con: duckdb.DuckDBPyConnection, period: str) -> None:
     """Log the period's allocation rows (count, total, root) as they now stand."""
-    _record_if_changed(con, "allocations", period, _allocations_body(con, period))
+    _record_if_changed(con, "allocations", period, allocations_body(con, period))
 
 
 # --- keys and checkpoints -------------------------------------------------------------------------
@@ -333,17 +299,17 @@ def _differences(logged: str, now: dict[str, Any]) -> str:
 
 
 def _row_problems(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]]) -> list[str]:
-    """Every transfer, settlement row and period's allocations against its last entry, both ways."""
+    """Every transfer batch, settlement row and period's allocations against its last entry, both ways."""
 
     def periods(table: str) -> list[str]:
         return [r[0] for r in con.execute(f"SELECT DISTINCT period FROM {table} ORDER BY period").fetchall()]
 
-    transfers = con.execute(f"SELECT {', '.join(_TRANSFER_FIELDS)} FROM transfers").fetchall()
-    settlements = {p: _settlement_body(con, p) for p in periods("settlements")}
-    allocations = {p: _allocations_body(con, p) for p in periods("allocations")}
+    batches = transfer_batch_bodies(con)
+    settlements = {p: settlement_body(con, p) for p in periods("settlements")}
+    allocations = {p: allocations_body(con, p) for p in periods("allocations")}
     problems = []
     for kind, what, table, bodies in (
-        ("transfer", "transfer", "transfers", {str(r[0]): transfer_body(r) for r in transfers}),
+        ("transfers", "transfers posted at", "transfers", {k: body for k, (body, _) in batches.items()}),
         ("settlement-state", "settlement row of period", "settlements", settlements),
         ("allocations", "allocation rows of period", "allocations", allocations),
     ):
@@ -351,8 +317,15 @@ def _row_problems(con: duckdb.DuckDBPyConnection, rows: Sequence[tuple[Any, ...]
         for subject, body in bodies.items():
             entry = logged.pop(subject, None)
             if entry is None:
+                # A batch is named by its instant, its size and its first transfer id.
+                named = (
+                    f" ({batches[subject][0]['rows']}, first {batches[subject][1]})"
+                    if kind == "transfers"
+                    else ""
+                )
                 problems.append(
-                    f"{what} {subject}: not in the audit log (written outside the ledger and settlement code)"
+                    f"{what} {subject}{named}: not in the audit log (written outside the ledger and "
+                    "settlement code)"
                 )
             elif entry[1] != _canonical(body or {}):
                 problems.append(

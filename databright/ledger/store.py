@@ -2,9 +2,10 @@
 
 Rows are only ever inserted — never updated or deleted — so the transfers table *is* the history;
 a correction is a reversing transfer. ``Ledger.post`` runs inside the caller's transaction so a
-settlement's transfers and its state change commit together, and so does each transfer's entry in
-the audit chain (``audit_log``). Balances are computed in SQL as
-HUGEINT and come back as Python ints; money never passes through a DataFrame or a float.
+settlement's transfers and its state change commit together, and so does the batch's one entry in
+the audit chain (``audit_log``: its rows share a ``created_at`` unique to the batch). Balances are
+computed in SQL as HUGEINT and come back as Python ints; money never passes through a DataFrame or a
+float.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from databright.ledger.accounts import (
     account_for,
 )
 from databright.ledger.audit_log import record_transfers
+from databright.ledger.bulk import arrow_view
 from databright.ledger.transfers import Transfer
 from databright.money import format_minor
 
@@ -85,18 +87,20 @@ class Ledger:
         accounts = [account_for(a) for a in dict.fromkeys(account_ids)]
         if accounts:
             # One statement for the whole batch: a settlement opens an account per holder at once.
-            con.execute(
-                "INSERT INTO accounts SELECT * FROM (SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), "
-                "unnest($3::INTEGER[]), unnest($4::BOOLEAN[]), $5::TIMESTAMPTZ) "
-                "ON CONFLICT (account_id) DO NOTHING",
-                [
-                    [a.account_id for a in accounts],
-                    [a.kind.value for a in accounts],
-                    [a.ledger for a in accounts],
-                    [a.debits_must_not_exceed_credits for a in accounts],
-                    dt.datetime.now(dt.UTC),
-                ],
-            )
+            with arrow_view(
+                con,
+                {
+                    "account_id": ("string", [a.account_id for a in accounts]),
+                    "kind": ("string", [a.kind.value for a in accounts]),
+                    "ledger": ("int32", [a.ledger for a in accounts]),
+                    "flagged": ("bool", [a.debits_must_not_exceed_credits for a in accounts]),
+                },
+            ) as batch:
+                con.execute(
+                    f"INSERT INTO accounts SELECT account_id, kind, ledger, flagged, $1::TIMESTAMPTZ "
+                    f"FROM {batch} ON CONFLICT (account_id) DO NOTHING",
+                    [dt.datetime.now(dt.UTC)],
+                )
         return accounts
 
     def accounts(self) -> list[Account]:
@@ -162,23 +166,37 @@ class Ledger:
                     )
         self._check_funds(con, new, accounts)
 
-        now = dt.datetime.now(dt.UTC)
-        inserted = [[*t.row(), now] for t in new]
-        # One statement over column lists (one parameter per column), in batch order. Amounts travel
-        # as decimal strings and are cast to HUGEINT by DuckDB, so no amount passes through a float.
-        columns = [list(column) for column in zip(*(t.row() for t in new), strict=True)]
-        columns[3] = [str(amount) for amount in columns[3]]
-        con.execute(
-            f"INSERT INTO transfers ({_TRANSFER_COLUMNS}, created_at) SELECT * FROM (SELECT "
-            "unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
-            "CAST(unnest($4::VARCHAR[]) AS HUGEINT), unnest($5::INTEGER[]), unnest($6::SMALLINT[]), "
-            "unnest($7::VARCHAR[]), unnest($8::VARCHAR[]), unnest($9::VARCHAR[]), unnest($10::VARCHAR[]), "
-            "$11::TIMESTAMPTZ)",
-            [*columns, now],
-        )
-        # In the same transaction: the transfers and their audit entries commit together or not at all.
-        record_transfers(con, inserted)
+        now = self._batch_instant(con)
+        # One statement over an Arrow table of the batch, in batch order. Amounts travel as decimal
+        # strings and are cast to HUGEINT by DuckDB, so no amount passes through a float.
+        rows = [t.row() for t in new]
+        names = [c.strip() for c in _TRANSFER_COLUMNS.split(",")]
+        kinds = dict.fromkeys(names, "string") | {"ledger": "int32", "code": "int16"}
+        columns = {name: (kinds[name], [r[i] for r in rows]) for i, name in enumerate(names)}
+        columns["amount"] = ("string", [str(r[3]) for r in rows])
+        with arrow_view(con, columns) as view:
+            con.execute(
+                f"INSERT INTO transfers ({_TRANSFER_COLUMNS}, created_at) SELECT transfer_id, debit_account, "
+                "credit_account, CAST(amount AS HUGEINT), ledger, code, period, settlement_id, job_id, memo, "
+                f"$1::TIMESTAMPTZ FROM {view}",
+                [now],
+            )
+        # In the same transaction: the transfers and their audit entry commit together or not at all.
+        record_transfers(con, now)
         return new
+
+    def _batch_instant(self, con: duckdb.DuckDBPyConnection) -> dt.datetime:
+        """``created_at`` of a new batch: now, or 1 µs after the latest transfer if that is not earlier.
+
+        The audit chain logs a batch as one entry whose subject is this instant, so no two batches may
+        share one. Two transactions that read the same latest instant both append the same audit seq,
+        and only one of them commits.
+        """
+        now = dt.datetime.now(dt.UTC)
+        latest = con.execute("SELECT max(created_at) FROM transfers").fetchall()[0][0]
+        if latest is not None and latest >= now:
+            return latest + dt.timedelta(microseconds=1)
+        return now
 
     def _existing(self, con: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, Transfer]:
         # A semi-join (hash) rather than list_contains per row, which scans the id list for each row.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from json.encoder import encode_basestring as _json_str  # the string encoder of ensure_ascii=False
 from typing import Any, Protocol
 
 from databright.crypto import canonical_json, merkle_root_hex
@@ -259,9 +260,41 @@ def sort_allocations(rows: list[Allocation]) -> list[Allocation]:
     return sorted(rows, key=lambda a: (a.job_id, order[a.role], a.holder, a.basis))
 
 
+def leaf_json(
+    amount: int | str, basis: str, holder: str, job_id: str, period: str, role: str, weight: int | str
+) -> bytes:
+    """The canonical JSON of one allocation row from its fields, money as an int or its decimal text
+    (the same JSON either way): keys sorted, ``json.dumps(ensure_ascii=False)``'s string escapes."""
+    return (
+        f'{{"amount":{amount},"basis":{_json_str(basis)},"holder":{_json_str(holder)},'
+        f'"job_id":{_json_str(job_id)},"period":{_json_str(period)},"role":{_json_str(role)},'
+        f'"weight":{weight}}}'
+    ).encode()
+
+
+def allocation_leaf(a: Allocation) -> bytes:
+    """``canonical_json(a.to_dict())``, written out by ``leaf_json`` for the row's usual types.
+
+    ``asdict`` and the generic encoder cost ~12 µs a row, most of a period's root; ``leaf_json`` is
+    the same bytes at ~1 µs. Any other field type (a bool weight, say) takes the generic path, so the
+    bytes never differ.
+    """
+    if (
+        type(a.weight) is int
+        and type(a.amount) is int
+        and type(a.period) is str
+        and type(a.job_id) is str
+        and type(a.holder) is str
+        and type(a.role) is str
+        and type(a.basis) is str
+    ):
+        return leaf_json(a.amount, a.basis, a.holder, a.job_id, a.period, a.role, a.weight)
+    return canonical_json(a.to_dict())
+
+
 def allocation_root(rows: list[Allocation]) -> str:
     """RFC 6962 Merkle root over the canonical JSON of the rows, in settlement order."""
-    return merkle_root_hex([canonical_json(a.to_dict()) for a in sort_allocations(rows)])
+    return merkle_root_hex([allocation_leaf(a) for a in sort_allocations(rows)])
 
 
 # --- the period's payouts: minimum payout and carry-over ------------------------------------------

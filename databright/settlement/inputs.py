@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from databright.crypto import digest_json
@@ -34,7 +34,7 @@ from databright.settlement.allocation import (
 )
 from databright.settlement.policy import AllocationPolicy
 from databright.storage.objectstore import ObjectStore
-from databright.training.valuation_store import get_valuation, load_valuation_envelope
+from databright.training.valuation_store import SignedValuation, get_valuation, load_valuation_envelope
 from databright.trust.intake import ReceiptIntake, Rejection
 from databright.trust.valuation_receipts import ValuationLike, check_binding
 
@@ -88,7 +88,11 @@ def load_envelope(store: ObjectStore, job: JobRow) -> dict[str, Any]:
 
 
 def load_valuation(db: ExchangeDB, store: ObjectStore, period: str, job: JobRow) -> dict[str, Any]:
-    found = get_valuation(db, job.job_id)
+    return valuation_envelope(store, period, get_valuation(db, job.job_id))
+
+
+def valuation_envelope(store: ObjectStore, period: str, found: SignedValuation | None) -> dict[str, Any]:
+    """The signed valuation envelope of a job's ``valuations`` row (``None``: the job has none)."""
     if found is None:
         raise SettlementError(
             "it has no signed valuation, and dividends are paid only on values signed by the attested "
@@ -98,6 +102,31 @@ def load_valuation(db: ExchangeDB, store: ObjectStore, period: str, job: JobRow)
         return load_valuation_envelope(store, found)
     except (DatabrightError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SettlementError(f"its valuation receipt cannot be read: {exc}") from exc
+
+
+def signed_valuations(db: ExchangeDB, job_ids: Sequence[str]) -> dict[str, SignedValuation]:
+    """The ``valuations`` rows of ``job_ids`` in ONE query (``get_valuation`` per job opens the
+    database file once per job), by job id; a job without one is absent."""
+    names = ", ".join(f.name for f in fields(SignedValuation))
+    found = db.query(
+        f"SELECT {names} FROM valuations WHERE job_id IN (SELECT unnest($1::VARCHAR[]))", [list(job_ids)]
+    )
+    return {r[0]: SignedValuation(*r) for r in found}
+
+
+def escrow_of(db: ExchangeDB, job_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``(escrowed, released)`` per job in ONE grouped query: what escrow received for the job, and
+    how many movements outside a settlement took it out again (a failed job's refund; a settlement's
+    own release of the budget does not count, so a posted period re-verifies). A job with no
+    transfers is absent (nothing escrowed, nothing released)."""
+    found = db.query(
+        """SELECT job_id,
+                  COALESCE(SUM(amount) FILTER (WHERE code = $2 AND credit_account = $3), 0::HUGEINT),
+                  count(*) FILTER (WHERE debit_account = $3 AND settlement_id IS NULL)
+           FROM transfers WHERE job_id IN (SELECT unnest($1::VARCHAR[])) GROUP BY job_id""",
+        [list(job_ids), int(TransferCode.ESCROW), ESCROW],
+    )
+    return {r[0]: (int(r[1]), int(r[2])) for r in found}
 
 
 def _admitted_by(intake: ReceiptIntake, period: str, envelopes: Sequence[dict[str, Any]]) -> Verify:
@@ -127,16 +156,19 @@ def check_job(
     job: JobRow,
     envelope: dict[str, Any],
     valuation_envelope: dict[str, Any],
+    escrow: tuple[int, int] | None = None,
 ) -> SettledJob:
     """Verify one job's usage receipt and signed valuation and match them against the job row and
-    each other; raise SettlementError on any gap."""
+    each other; raise SettlementError on any gap. ``escrow`` is the job's ``escrow_of`` entry when
+    the caller read every job's escrow at once; without it the job's escrow is queried here."""
     try:
         receipt = verify(envelope)
     except DatabrightError as exc:
         raise SettlementError(f"receipt rejected: {type(exc).__name__}: {exc}") from exc
+    receipt_digest = digest_json(envelope)
     try:
         valuation = verify_valuation(valuation_envelope)
-        check_binding(valuation, receipt, digest_json(envelope))
+        check_binding(valuation, receipt, receipt_digest)
     except DatabrightError as exc:
         raise SettlementError(f"valuation rejected: {type(exc).__name__}: {exc}") from exc
     mismatches = [
@@ -159,12 +191,9 @@ def check_job(
         mismatches.append(f"assurance {receipt.assurance!r} is neither 'simulated' nor 'hardware'")
     if mismatches:
         raise SettlementError("its receipt does not match the job: " + "; ".join(mismatches))
-    escrowed, released = db.query(
-        """SELECT COALESCE(SUM(amount) FILTER (WHERE code = ? AND credit_account = ?), 0::HUGEINT),
-                  count(*) FILTER (WHERE debit_account = ? AND settlement_id IS NULL)
-           FROM transfers WHERE job_id = ?""",
-        [int(TransferCode.ESCROW), ESCROW, ESCROW, job.job_id],
-    )[0]
+    if escrow is None:
+        escrow = escrow_of(db, [job.job_id]).get(job.job_id, (0, 0))
+    escrowed, released = escrow
     if int(escrowed) != job.budget or released:
         raise SettlementError(
             f"escrow holds {format_minor(int(escrowed))} for it (refunded: {bool(released)}) but its budget "
@@ -176,7 +205,7 @@ def check_job(
         provider_id=receipt.provider_id,
         payment=job.payment,
         receipt=receipt,
-        receipt_digest=digest_json(envelope),
+        receipt_digest=receipt_digest,
         values={owner: part.value for owner, part in valuation.owners.items()},
         valuation_receipt_digest=digest_json(valuation_envelope),
     )
@@ -198,10 +227,13 @@ def _verify_jobs(
     failures: list[str] = []
     envelopes: dict[str, dict[str, Any]] = {}
     valuations: dict[str, dict[str, Any]] = {}
+    # Two queries for the whole period, not two per job: each db.query opens the database file.
+    job_ids = [job.job_id for job in jobs]
+    signed, escrows = signed_valuations(db, job_ids), escrow_of(db, job_ids)
     for job in jobs:
         try:
             envelopes[job.job_id] = load_envelope(store, job)
-            valuations[job.job_id] = load_valuation(db, store, period, job)
+            valuations[job.job_id] = valuation_envelope(store, period, signed.get(job.job_id))
         except SettlementError as exc:
             failures.append(f"job {job.job_id}: {exc}")
     if intake is not None and envelopes:
@@ -211,7 +243,14 @@ def _verify_jobs(
             continue
         try:
             facts = check_job(
-                db, verify, verify_valuation, period, job, envelopes[job.job_id], valuations[job.job_id]
+                db,
+                verify,
+                verify_valuation,
+                period,
+                job,
+                envelopes[job.job_id],
+                valuations[job.job_id],
+                escrows.get(job.job_id, (0, 0)),
             )
             allocations += allocate_job(policy, period, facts)
             settled.append(facts)

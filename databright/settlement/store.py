@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from databright.errors import SettlementError
 from databright.ledger.audit_log import record_allocations, record_settlement
+from databright.ledger.bulk import arrow_view
 from databright.settlement.allocation import Allocation
 
 if TYPE_CHECKING:
@@ -149,22 +150,22 @@ def replace_allocations(con: duckdb.DuckDBPyConnection, period: str, rows: Seque
         )
     con.execute("DELETE FROM allocations WHERE period = ?", [period])
     if rows:
-        # One statement over column lists, not a round trip per row (a period has one row per usage
+        # One statement over an Arrow table, not a round trip per row (a period has one row per usage
         # row). Weights and amounts go as decimal strings cast to HUGEINT: exact, never a float.
-        con.execute(
-            "INSERT INTO allocations SELECT * FROM (SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), "
-            "unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), "
-            "CAST(unnest($6::VARCHAR[]) AS HUGEINT), CAST(unnest($7::VARCHAR[]) AS HUGEINT))",
-            [
-                [a.period for a in rows],
-                [a.job_id for a in rows],
-                [a.holder for a in rows],
-                [a.role for a in rows],
-                [a.basis for a in rows],
-                [str(a.weight) for a in rows],
-                [str(a.amount) for a in rows],
-            ],
-        )
+        columns = {
+            "period": ("string", [a.period for a in rows]),
+            "job_id": ("string", [a.job_id for a in rows]),
+            "holder": ("string", [a.holder for a in rows]),
+            "role": ("string", [a.role for a in rows]),
+            "basis": ("string", [a.basis for a in rows]),
+            "weight": ("string", [str(a.weight) for a in rows]),
+            "amount": ("string", [str(a.amount) for a in rows]),
+        }
+        with arrow_view(con, columns) as batch:
+            con.execute(
+                "INSERT INTO allocations SELECT period, job_id, holder, role, basis, "
+                f"CAST(weight AS HUGEINT), CAST(amount AS HUGEINT) FROM {batch}"
+            )
     record_allocations(con, period)
 
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 
 import pytest
+from audit_reference import batch_of, reference_entry_hash, reference_rows_digest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -42,17 +43,7 @@ PERIOD = "2026-11"
 KEY = SigningKey.from_seed(b"audit-chain-test")
 
 
-# --- independent references: the entry hash and RFC 6962 root written out from their definitions --
-
-
-def reference_entry_hash(seq: int, kind: str, subject: str, body: str, prev_hash: str) -> str:
-    h = hashlib.sha256(b"databright/audit-log/v1\x00")
-    h.update(bytes.fromhex(prev_hash))
-    for part in (kind, subject, body):
-        data = part.encode()
-        h.update(len(data).to_bytes(8, "big") + data)
-    h.update(seq.to_bytes(8, "big"))
-    return h.hexdigest()
+# --- independent references: the entry hash (audit_reference) and RFC 6962 root from its definition --
 
 
 def reference_root(leaves: list[bytes]) -> bytes:
@@ -125,8 +116,10 @@ def post_period(db: ExchangeDB) -> None:
         advance(con, PERIOD, "posted", posted_at=dt.datetime.now(dt.UTC))
 
 
-# deposit, escrow, claimed, valued, proposed, allocations, approved, 7 legs, posted
-ENTRIES = 15
+# deposit, escrow, claimed, valued, proposed, allocations, approved, the 6 legs (one batch), posted
+ENTRIES = 9
+LEGS_SEQ = 8
+LEGS_TOTAL = sum(t.amount for t in LEGS)  # 2,900,000
 
 
 @pytest.fixture
@@ -145,7 +138,7 @@ def problems(db: ExchangeDB, store: LocalObjectStore) -> list[str]:
     return list(verify_audit_chain(db, store, KEY.public_key).problems)
 
 
-def seq_of(db: ExchangeDB, subject: str, kind: str = "transfer") -> int:
+def seq_of(db: ExchangeDB, subject: str, kind: str) -> int:
     return db.query("SELECT max(seq) FROM audit_log WHERE kind = ? AND subject = ?", [kind, subject])[0][0]
 
 
@@ -155,7 +148,7 @@ def seq_of(db: ExchangeDB, subject: str, kind: str = "transfer") -> int:
 def test_every_write_is_logged_and_the_chain_matches_its_definition(posted, store):
     rows = log_rows(posted)
     assert [r[0] for r in rows] == list(range(1, ENTRIES + 1))
-    assert [r[1] for r in rows].count("transfer") == 9
+    assert [r[1] for r in rows].count("transfers") == 3  # deposit, escrow, the legs
     states = [json.loads(r[3])["state"] for r in rows if r[1] == "settlement-state"]
     assert states == ["claimed", "valued", "proposed", "approved", "posted"]
     [alloc] = [json.loads(r[3]) for r in rows if r[1] == "allocations"]
@@ -166,10 +159,19 @@ def test_every_write_is_logged_and_the_chain_matches_its_definition(posted, stor
         assert stored == reference_entry_hash(seq, kind, subject, body, prev_hash)
         assert canonical_json(json.loads(body)).decode() == body
         prev = stored
-    amounts = {
-        json.loads(r[3])["transfer_id"]: json.loads(r[3])["amount"] for r in rows if r[1] == "transfer"
+    created_at, subject, seq = batch_of(posted, LEGS[4].transfer_id)
+    assert seq == LEGS_SEQ and rows[seq - 1][2] == subject
+    assert json.loads(rows[seq - 1][3]) == {
+        "amount": str(LEGS_TOTAL),
+        "created_at": subject,
+        "rows": len(LEGS),
+        "rows_digest": reference_rows_digest(posted, created_at),
     }
-    assert amounts[LEGS[4].transfer_id] == "525000"
+    # The batch's rows in the order posted: the digest covers exactly these.
+    posted_ids = posted.query(
+        "SELECT transfer_id FROM transfers WHERE created_at = ? ORDER BY rowid", [created_at]
+    )
+    assert [r[0] for r in posted_ids] == [t.transfer_id for t in LEGS]
 
     report = verify_audit_chain(posted, store, KEY.public_key)
     assert report.ok, report.problems
@@ -190,7 +192,8 @@ def test_verify_ledger_reports_the_audit_chain_as_an_invariant(posted, store):
     posted.query("UPDATE transfers SET memo = 'edited' WHERE transfer_id = ?", [LEGS[0].transfer_id])
     failures = verify_ledger(posted, store=store, audit_key=KEY.public_key).failures
     assert [c.name for c in failures] == ["audit_chain"]
-    assert "memo '' logged, 'edited' now" in failures[0].detail
+    assert failures[0].detail.startswith(f"transfers posted at {batch_of(posted, LEGS[0].transfer_id)[1]}: ")
+    assert "rows_digest" in failures[0].detail and "amount" not in failures[0].detail
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -203,9 +206,14 @@ def test_checkpoint_is_signed_exported_and_idempotent(memory_db, store):
     assert made.tree_size == ENTRIES
     assert made.root_hash == reference_root(hashes).hex()
     assert made.last_entry_hash == hashes[-1].hex()
-    assert store.list("audit/checkpoints/") == ["audit/checkpoints/15.json", "audit/checkpoints/latest.json"]
+    assert store.list("audit/checkpoints/") == [
+        f"audit/checkpoints/{ENTRIES}.json",
+        "audit/checkpoints/latest.json",
+    ]
     envelope = json.loads(store.get_bytes("audit/checkpoints/latest.json"))
-    assert store.get_bytes("audit/checkpoints/15.json") == store.get_bytes("audit/checkpoints/latest.json")
+    assert store.get_bytes(f"audit/checkpoints/{ENTRIES}.json") == store.get_bytes(
+        "audit/checkpoints/latest.json"
+    )
     assert envelope["payloadType"] == CHECKPOINT_PAYLOAD_TYPE
     statement = json.loads(open_envelope(envelope, CHECKPOINT_PAYLOAD_TYPE, KEY.public_key))
     assert statement == {
@@ -223,7 +231,7 @@ def test_checkpoint_is_signed_exported_and_idempotent(memory_db, store):
     later = checkpoint(memory_db, store, KEY)
     assert later.tree_size == ENTRIES + 1
     assert later.root_hash == reference_root([*hashes, bytes.fromhex(log_rows(memory_db)[-1][5])]).hex()
-    assert "audit/checkpoints/15.json" in store.list("audit/checkpoints/")
+    assert f"audit/checkpoints/{ENTRIES}.json" in store.list("audit/checkpoints/")
     assert verify_audit_chain(memory_db, store, KEY.public_key).ok
 
 
@@ -255,32 +263,63 @@ def test_no_checkpoint_fails_only_once_a_settlement_is_posted(memory_db, store):
 # --- tampering: each kind named -------------------------------------------------------------------
 
 
-def test_an_edited_transfer_is_named(posted, store):
-    target = LEGS[4].transfer_id  # alice's payout
-    posted.query("UPDATE transfers SET amount = 600000 WHERE transfer_id = ?", [target])
-    assert problems(posted, store) == [
-        f"transfer {target}: not as logged at seq {seq_of(posted, target)}: "
-        "amount '525000' logged, '600000' now"
-    ]
-
-
-def test_a_deleted_transfer_is_named(posted, store):
+def test_an_edited_transfer_is_named_by_its_batch(posted, store):
     target = LEGS[4].transfer_id
-    posted.query("DELETE FROM transfers WHERE transfer_id = ?", [target])
+    created_at, subject, seq = batch_of(posted, target)
+    posted.query("UPDATE transfers SET amount = 600000 WHERE transfer_id = ?", [target])
+    [problem] = problems(posted, store)
+    assert problem.startswith(f"transfers posted at {subject}: not as logged at seq {seq}: ")
+    assert f"amount '{LEGS_TOTAL}' logged, '{LEGS_TOTAL + 75_000}' now" in problem
+    assert f"'{reference_rows_digest(posted, created_at)}' now" in problem
+
+
+def test_an_edit_that_keeps_the_total_is_caught_by_the_digest(posted, store):
+    _, subject, seq = batch_of(posted, LEGS[4].transfer_id)
+    # Money moved between two payouts of one batch: count and total unchanged, the rows not.
+    posted.query("UPDATE transfers SET amount = amount - 1 WHERE transfer_id = ?", [LEGS[4].transfer_id])
+    posted.query("UPDATE transfers SET amount = amount + 1 WHERE transfer_id = ?", [LEGS[5].transfer_id])
+    [problem] = problems(posted, store)
+    assert problem.startswith(f"transfers posted at {subject}: not as logged at seq {seq}: rows_digest '")
+
+
+def test_a_deleted_transfer_is_named_by_its_batch(posted, store):
+    _, subject, seq = batch_of(posted, LEGS[5].transfer_id)
+    posted.query("DELETE FROM transfers WHERE transfer_id = ?", [LEGS[5].transfer_id])
+    [problem] = problems(posted, store)
+    assert problem.startswith(f"transfers posted at {subject}: not as logged at seq {seq}: ")
+    assert f"rows {len(LEGS)} logged, {len(LEGS) - 1} now" in problem
+    posted.query("DELETE FROM transfers WHERE job_id = 'j-1' AND code <> ?", [int(TransferCode.ESCROW)])
     assert problems(posted, store) == [
-        f"transfer {target}: logged at seq {seq_of(posted, target)} but deleted from transfers"
+        f"transfers posted at {subject}: logged at seq {seq} but deleted from transfers"
     ]
 
 
 def test_a_transfer_inserted_by_hand_is_named(posted, store):
     rogue = leg(99, DATA_POOL, "contributor:mallory", 5, TransferCode.PAYOUT)
-    posted.query(
-        "INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [*rogue.row(), dt.datetime.now(dt.UTC)],
-    )
+    at = dt.datetime.now(dt.UTC)
+    posted.query("INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [*rogue.row(), at])
     assert problems(posted, store) == [
-        f"transfer {rogue.transfer_id}: not in the audit log (written outside the ledger and settlement code)"
+        f"transfers posted at {at.isoformat(timespec='microseconds')} (1, first {rogue.transfer_id}): not in "
+        "the audit log (written outside the ledger and settlement code)"
     ]
+
+
+def test_a_transfer_slipped_into_a_logged_batch_is_caught(posted, store):
+    created_at, subject, seq = batch_of(posted, LEGS[0].transfer_id)
+    rogue = leg(99, DATA_POOL, "contributor:mallory", 5, TransferCode.PAYOUT)
+    posted.query("INSERT INTO transfers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [*rogue.row(), created_at])
+    [problem] = problems(posted, store)
+    assert problem.startswith(f"transfers posted at {subject}: not as logged at seq {seq}: ")
+    assert f"rows {len(LEGS)} logged, {len(LEGS) + 1} now" in problem
+
+
+def test_batches_never_share_an_instant(memory_db):
+    for n in range(20):  # faster than the clock's microseconds: each batch still gets its own
+        deposit(memory_db, "acme", 1 + n, reference=f"wire-{n}")
+    instants = [r[0] for r in memory_db.query("SELECT created_at FROM transfers ORDER BY created_at")]
+    assert len(set(instants)) == 20
+    subjects = [r[0] for r in memory_db.query("SELECT subject FROM audit_log ORDER BY seq")]
+    assert subjects == [t.astimezone(dt.UTC).isoformat(timespec="microseconds") for t in instants]
 
 
 def test_an_edited_or_deleted_settlement_row_is_named(posted, store):
@@ -310,25 +349,36 @@ def test_edited_and_deleted_allocations_are_named(posted, store):
 
 
 def test_an_edited_log_row_is_named(posted, store):
-    body = posted.query("SELECT body FROM audit_log WHERE seq = 9")[0][0]  # the data share's leg
-    posted.query("UPDATE audit_log SET body = ? WHERE seq = 9", [body.replace("700000", "700001")])
+    body = posted.query("SELECT body FROM audit_log WHERE seq = ?", [LEGS_SEQ])[0][0]
+    edited = body.replace(f'"{LEGS_TOTAL}"', f'"{LEGS_TOTAL + 1}"')
+    posted.query("UPDATE audit_log SET body = ? WHERE seq = ?", [edited, LEGS_SEQ])
     found = problems(posted, store)
     assert any(
-        p.startswith("audit_log seq 9 (transfer") and "entry_hash does not recompute" in p for p in found
+        p.startswith(f"audit_log seq {LEGS_SEQ} (transfers") and "entry_hash does not recompute" in p
+        for p in found
     )
-    assert any("not as logged at seq 9: amount '700001' logged, '700000' now" in p for p in found)
+    assert any(
+        f"not as logged at seq {LEGS_SEQ}: amount '{LEGS_TOTAL + 1}' logged, '{LEGS_TOTAL}' now" in p
+        for p in found
+    )
 
 
 def test_a_deleted_log_row_is_named(posted, store):
-    target = posted.query("SELECT subject FROM audit_log WHERE seq = 10")[0][0]
-    posted.query("DELETE FROM audit_log WHERE seq = 10")
+    target = posted.query("SELECT subject FROM audit_log WHERE seq = ?", [LEGS_SEQ])[0][0]
+    posted.query("DELETE FROM audit_log WHERE seq = ?", [LEGS_SEQ])
     found = problems(posted, store)
-    assert "audit_log seq 11: seqs 10..10 are missing (a row was deleted, inserted or renumbered)" in found
-    assert any(p.startswith("audit_log seq 11: prev_hash") for p in found)
+    after = LEGS_SEQ + 1
     assert (
-        f"transfer {target}: not in the audit log (written outside the ledger and settlement code)" in found
+        f"audit_log seq {after}: seqs {LEGS_SEQ}..{LEGS_SEQ} are missing (a row was deleted, inserted or "
+        "renumbered)" in found
     )
-    assert any(p.startswith("checkpoint audit/checkpoints/15.json") for p in found)
+    assert any(p.startswith(f"audit_log seq {after}: prev_hash") for p in found)
+    first = min(t.transfer_id for t in LEGS)
+    assert (
+        f"transfers posted at {target} ({len(LEGS)}, first {first}): not in the audit log (written outside "
+        "the ledger and settlement code)" in found
+    )
+    assert any(p.startswith(f"checkpoint audit/checkpoints/{ENTRIES}.json") for p in found)
 
 
 def test_a_truncated_log_is_caught_by_the_checkpoint(posted, store):
@@ -366,11 +416,12 @@ def rechain(db: ExchangeDB) -> None:
 
 
 def test_a_rewritten_and_rechained_log_is_caught_by_the_checkpoint(posted, store):
-    target = LEGS[3].transfer_id
-    seq = seq_of(posted, target)
+    target = LEGS[4].transfer_id
+    created_at, _, seq = batch_of(posted, target)
     body = json.loads(posted.query("SELECT body FROM audit_log WHERE seq = ?", [seq])[0][0])
-    body["amount"] = "600000"
     posted.query("UPDATE transfers SET amount = 600000 WHERE transfer_id = ?", [target])
+    body["amount"] = str(LEGS_TOTAL + 75_000)
+    body["rows_digest"] = reference_rows_digest(posted, created_at)  # the insider recomputes it too
     posted.query("UPDATE audit_log SET body = ? WHERE seq = ?", [canonical_json(body).decode(), seq])
     rechain(posted)
     [problem] = problems(posted, store)
@@ -378,7 +429,9 @@ def test_a_rewritten_and_rechained_log_is_caught_by_the_checkpoint(posted, store
         f"checkpoint audit/checkpoints/{ENTRIES}.json: the Merkle root of the log's first"
     )
     assert problem.endswith(f"entries up to seq {ENTRIES} were rewritten")
-    with pytest.raises(IntegrityError, match=r"no longer matches checkpoint audit/checkpoints/15\.json"):
+    with pytest.raises(
+        IntegrityError, match=rf"no longer matches checkpoint audit/checkpoints/{ENTRIES}\.json"
+    ):
         checkpoint(posted, store, KEY)  # a rewrite is never laundered by a fresh signature
 
 

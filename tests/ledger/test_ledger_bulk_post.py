@@ -1,6 +1,6 @@
 """``Ledger.post`` writes a batch set-based: one INSERT for the transfers, one for the accounts, one
 grouped balance query for the funds check. These pin what the bulk path must keep: exact HUGEINT
-amounts, batch order (table and audit chain), account flags, and the in-order overdraft check
+amounts, batch order (table and the batch's audit entry), account flags, and the in-order overdraft check
 against an independent in-memory reference."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from audit_reference import batch_of, reference_rows_digest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -58,11 +59,11 @@ def test_a_10_to_the_30_amount_round_trips_exactly_through_the_bulk_insert(memor
     assert ledger.balance("contributor:alice") == HUGE - 7
     assert ledger.balance(ESCROW) == 1
     assert ledger.balances()["external:deposits"] == -(HUGE + 1)
-    # The audit entry records the same exact amount, as a decimal string.
+    # The batch's audit entry records the exact total, as a decimal string, and digests the exact rows.
     bodies = [json.loads(b) for (b,) in memory_db.query("SELECT body FROM audit_log ORDER BY seq")]
-    assert [b["amount"] for b in bodies] == [
-        *(str(HUGE + 1), str(HUGE + 1), str(HUGE), str(HUGE), str(HUGE - 7), "7")
-    ]
+    assert [b["amount"] for b in bodies] == [str(HUGE + 1), str(4 * HUGE + 1)]
+    created_at, _, _ = batch_of(memory_db, batch[0].transfer_id)
+    assert bodies[-1]["rows_digest"] == reference_rows_digest(memory_db, created_at)
     assert balanced(memory_db)
 
 
@@ -82,10 +83,15 @@ def test_a_batch_is_stored_and_audited_in_batch_order_with_its_accounts_opened_o
     with memory_db.transaction() as con:
         new = Ledger(memory_db).post(con, batch)
     assert new == batch
-    subjects = [
-        s for (s,) in memory_db.query("SELECT subject FROM audit_log WHERE kind = 'transfer' ORDER BY seq")
-    ]
-    assert subjects[-len(batch) :] == [t.transfer_id for t in batch]
+    # One audit entry for the batch, over its rows in batch order (the table's order).
+    created_at, _, seq = batch_of(memory_db, batch[0].transfer_id)
+    stored = memory_db.query(
+        "SELECT transfer_id FROM transfers WHERE created_at = ? ORDER BY rowid", [created_at]
+    )
+    assert [r[0] for r in stored] == [t.transfer_id for t in batch]
+    [(body,)] = memory_db.query("SELECT body FROM audit_log WHERE seq = ?", [seq])
+    assert json.loads(body)["rows"] == len(batch)
+    assert json.loads(body)["rows_digest"] == reference_rows_digest(memory_db, created_at)
     accounts = {a.account_id: a for a in Ledger(memory_db).accounts()}
     assert set(holders) <= set(accounts)
     assert all(

@@ -398,9 +398,11 @@ def check_seed(run: SeedRun) -> list[str]:
     total, distinct = db.query("SELECT count(*), count(DISTINCT transfer_id) FROM transfers")[0]
     if total != distinct:
         problems.append(f"{total - distinct} duplicate transfer ids")
+    # Each transfer is in exactly one logged batch: the one entry whose subject is its created_at.
     logged = db.query(
         """SELECT t.transfer_id, count(a.seq) FROM transfers t
-           LEFT JOIN audit_log a ON a.kind = 'transfer' AND a.subject = t.transfer_id
+           LEFT JOIN audit_log a ON a.kind = 'transfers'
+               AND a.subject = strftime(timezone('UTC', t.created_at), '%Y-%m-%dT%H:%M:%S.%f+00:00')
            GROUP BY t.transfer_id HAVING count(a.seq) <> 1"""
     )
     problems += [f"transfer {t[:12]} is in the audit log {n} times" for t, n in logged]

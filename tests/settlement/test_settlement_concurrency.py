@@ -75,7 +75,7 @@ def assert_settled_once(home: Path, reference: tuple[list[tuple[object, ...]], S
     state, root = db.query("SELECT state, allocation_root FROM settlements WHERE period = ?", [PERIOD])[0]
     assert (state, root) == ("posted", settlement.allocation_root)
     twice = db.query(
-        "SELECT subject FROM audit_log WHERE kind = 'transfer' GROUP BY subject HAVING count(*) > 1"
+        "SELECT subject FROM audit_log WHERE kind = 'transfers' GROUP BY subject HAVING count(*) > 1"
     )
     assert twice == []
     posted = db.query(

@@ -191,9 +191,12 @@ def test_a_crash_at_each_step_then_rerun_settles_exactly_once(prepared, referenc
             [job_id, [int(c) for c in SETTLE_CODES]],
         )[0][0]
         assert int(legs) == payment
+    # Each transfer is in exactly one logged batch: the one entry whose subject is its created_at.
     logged = db.query(
         """SELECT count(*) FROM transfers t WHERE (SELECT count(*) FROM audit_log a
-               WHERE a.kind = 'transfer' AND a.subject = t.transfer_id) <> 1"""
+               WHERE a.kind = 'transfers'
+                 AND a.subject = strftime(timezone('UTC', t.created_at), '%Y-%m-%dT%H:%M:%S.%f+00:00')
+           ) <> 1"""
     )[0][0]
     assert logged == 0
 
