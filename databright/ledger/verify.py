@@ -9,11 +9,13 @@ the rows, so a bug, a manual ``INSERT`` or a damaged file shows up as a named fa
 * reversals — each names a posted transfer, mirrors it and has the id derived from it; the checks
   below read the effective transfers (``corrections.EFFECTIVE_TRANSFERS``: reversed transfers and
   their reversals left out), which is what the books say after a correction;
-* uniqueness — each transfer id once, and each job's escrow, revenue, refund, settlement leg and
-  payout to one holder once (a second one under another idempotency key would pass the key);
+* uniqueness — each transfer id once, each job's escrow, revenue, refund and settlement leg once,
+  and each holder's payout from one pool once per period (a second one under another idempotency
+  key would pass the key);
 * per-job conservation — a settled job's payment is recognised as revenue exactly, its data, compute
-  and fee legs out of revenue add up to it, its escrow is closed, and its pool credits are paid out;
-* per-period conservation — payouts plus the fee equal the period's revenue;
+  and fee legs out of revenue add up to it, and its escrow is closed;
+* per-period conservation — payouts plus the fee equal the period's revenue, and each pool pays
+  out exactly what the period's jobs put in;
 * pass-through accounts empty — revenue, the data pool and the compute pool net to zero;
 * escrow — escrow holds exactly the budgets of the jobs that are neither settled nor refunded, and
   releases each budget whole;
@@ -175,10 +177,6 @@ def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
                                               AND t.credit_account = $3), 0::HUGEINT),
                COALESCE(SUM(t.amount) FILTER (WHERE t.code = ANY($4) AND t.debit_account = $3), 0::HUGEINT),
                count(*) FILTER (WHERE t.code = ANY($4) AND t.debit_account <> $3),
-               COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $5), 0::HUGEINT)
-                 - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $5), 0::HUGEINT),
-               COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $6), 0::HUGEINT)
-                 - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $6), 0::HUGEINT),
                COALESCE(SUM(t.amount) FILTER (WHERE t.credit_account = $2), 0::HUGEINT)
                  - COALESCE(SUM(t.amount) FILTER (WHERE t.debit_account = $2), 0::HUGEINT),
                any_value(j.payment)
@@ -186,13 +184,12 @@ def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
         WHERE t.job_id IS NOT NULL
         GROUP BY t.job_id
         HAVING count(*) FILTER (WHERE t.code = $1 OR t.code = ANY($4)) > 0
-            OR count(*) FILTER (WHERE t.credit_account IN ($5, $6) OR t.debit_account IN ($5, $6)) > 0
         ORDER BY t.job_id
         """,
-        [int(TransferCode.RECOGNISE), ESCROW, REVENUE, settle, DATA_POOL, COMPUTE_POOL],
+        [int(TransferCode.RECOGNISE), ESCROW, REVENUE, settle],
     ).fetchall()
     checks = []
-    for job_id, recognised, legs, stray, data_left, compute_left, escrow_left, payment in rows:
+    for job_id, recognised, legs, stray, escrow_left, payment in rows:
         recognised, legs = int(recognised), int(legs)
         problems = []
         if payment is None:
@@ -205,10 +202,6 @@ def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
             problems.append(f"{stray} settlement leg(s) not debiting revenue")
         if int(escrow_left) != 0:
             problems.append(f"escrow keeps {format_minor(int(escrow_left))} of its budget after settlement")
-        if int(data_left) != 0:
-            problems.append(f"data pool keeps {format_minor(int(data_left))} of it")
-        if int(compute_left) != 0:
-            problems.append(f"compute pool keeps {format_minor(int(compute_left))} of it")
         if problems:
             checks.append(Check("job_conservation", False, f"job {job_id}: " + "; ".join(problems)))
         else:
@@ -216,24 +209,30 @@ def _job_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
                 Check(
                     "job_conservation",
                     True,
-                    f"job {job_id}: payouts {format_minor(legs)} = revenue = payment, escrow closed",
+                    f"job {job_id}: pools and fee {format_minor(legs)} = revenue = payment, escrow closed",
                 )
             )
     return checks
 
 
 def _period_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
-    """Per period: what was recognised as revenue left it again, as payouts, carries and the fee."""
+    """Per period: what was recognised as revenue left it again, through the pools to the holders and
+    as the fee, and each pool paid out exactly what it received."""
     rows = con.execute(
         f"""
         SELECT period,
                COALESCE(SUM(amount) FILTER (WHERE code = $1), 0::HUGEINT),
                COALESCE(SUM(amount) FILTER (WHERE debit_account = $2), 0::HUGEINT),
                COALESCE(SUM(amount) FILTER (WHERE code = $3 AND debit_account IN ($4, $5)), 0::HUGEINT),
-               COALESCE(SUM(amount) FILTER (WHERE code = $6), 0::HUGEINT)
+               COALESCE(SUM(amount) FILTER (WHERE code = $6), 0::HUGEINT),
+               COALESCE(SUM(amount) FILTER (WHERE credit_account = $4), 0::HUGEINT)
+                 - COALESCE(SUM(amount) FILTER (WHERE debit_account = $4), 0::HUGEINT),
+               COALESCE(SUM(amount) FILTER (WHERE credit_account = $5), 0::HUGEINT)
+                 - COALESCE(SUM(amount) FILTER (WHERE debit_account = $5), 0::HUGEINT)
         FROM {EFFECTIVE_TRANSFERS} WHERE period IS NOT NULL
         GROUP BY period
-        HAVING count(*) FILTER (WHERE code = $1 OR debit_account = $2 OR credit_account = $2) > 0
+        HAVING count(*) FILTER (WHERE code = $1 OR debit_account IN ($2, $4, $5)
+                                OR credit_account IN ($2, $4, $5)) > 0
         ORDER BY period
         """,
         [
@@ -246,25 +245,26 @@ def _period_conservation(con: duckdb.DuckDBPyConnection) -> list[Check]:
         ],
     ).fetchall()
     checks = []
-    for period, revenue, split, payouts, fee in rows:
+    for period, revenue, split, payouts, fee, data_left, compute_left in rows:
         revenue, split, payouts, fee = int(revenue), int(split), int(payouts), int(fee)
-        if revenue == split == payouts + fee:
+        problems = []
+        if not revenue == split == payouts + fee:
+            problems.append(
+                f"revenue {format_minor(revenue)}, split out of revenue {format_minor(split)}, payouts "
+                f"{format_minor(payouts)} + fee {format_minor(fee)}; all three must be equal"
+            )
+        for pool, left in ((DATA_POOL, int(data_left)), (COMPUTE_POOL, int(compute_left))):
+            if left:
+                problems.append(f"{pool} keeps {format_minor(left)} of the period's shares")
+        if problems:
+            checks.append(Check("period_conservation", False, f"period {period}: " + "; ".join(problems)))
+        else:
             checks.append(
                 Check(
                     "period_conservation",
                     True,
                     f"period {period}: payouts {format_minor(payouts)} + fee {format_minor(fee)} = revenue "
                     f"{format_minor(revenue)}",
-                )
-            )
-        else:
-            checks.append(
-                Check(
-                    "period_conservation",
-                    False,
-                    f"period {period}: revenue {format_minor(revenue)}, split out of revenue "
-                    f"{format_minor(split)}, payouts {format_minor(payouts)} + fee {format_minor(fee)}; all "
-                    "three must be equal",
                 )
             )
     return checks
@@ -361,10 +361,10 @@ def _withdrawals_in_flight(con: duckdb.DuckDBPyConnection) -> list[Check]:
 
 
 def _uniqueness(con: duckdb.DuckDBPyConnection) -> list[Check]:
-    """Nothing twice: each transfer id once, and each movement a job can cause once — its escrow,
-    its recognition, its refund, each settlement leg, each payout to one holder. Ids are digests of
-    idempotency keys, so a second movement under another key would pass the primary key; this
-    catches it from the rows."""
+    """Nothing twice: each transfer id once, each movement a job can cause once — its escrow, its
+    recognition, its refund, each settlement leg — and each holder's payout once a period. Ids are
+    digests of idempotency keys, so a second movement under another key would pass the primary key;
+    this catches it from the rows."""
     codes = [
         int(c) for c in (TransferCode.ESCROW, TransferCode.RECOGNISE, TransferCode.REFUND, *SETTLE_CODES)
     ]
@@ -375,9 +375,9 @@ def _uniqueness(con: duckdb.DuckDBPyConnection) -> list[Check]:
         SELECT 'job ' || job_id || ': ' || code::VARCHAR, count(*) FROM {EFFECTIVE_TRANSFERS}
         WHERE job_id IS NOT NULL AND code = ANY($1) GROUP BY job_id, code HAVING count(*) > 1
         UNION ALL
-        SELECT 'job ' || job_id || ': payout ' || debit_account || ' -> ' || credit_account, count(*)
-        FROM {EFFECTIVE_TRANSFERS} WHERE job_id IS NOT NULL AND code = $2
-        GROUP BY job_id, debit_account, credit_account HAVING count(*) > 1
+        SELECT 'period ' || period || ': payout ' || debit_account || ' -> ' || credit_account, count(*)
+        FROM {EFFECTIVE_TRANSFERS} WHERE period IS NOT NULL AND code = $2
+        GROUP BY period, debit_account, credit_account HAVING count(*) > 1
         ORDER BY 1
         """,
         [codes, int(TransferCode.PAYOUT)],
@@ -385,7 +385,9 @@ def _uniqueness(con: duckdb.DuckDBPyConnection) -> list[Check]:
     if not rows:
         return [
             Check(
-                "uniqueness", True, "no transfer id and no job's escrow, revenue, refund, leg or payout twice"
+                "uniqueness",
+                True,
+                "no transfer id, no job's escrow, revenue, refund or leg, no period's payout twice",
             )
         ]
 

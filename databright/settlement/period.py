@@ -39,7 +39,6 @@ from databright.settlement.allocation import (
     SettledJob,
     carry_over_moves,
     payout_totals,
-    sort_allocations,
 )
 from databright.settlement.inputs import (
     JobRow,
@@ -90,23 +89,36 @@ def settlement_transfers(
     budgets: Mapping[str, int],
 ) -> list[Transfer]:
     """Per job: escrow -> revenue (its payment) and the unused budget back to the trainer
-    (``close_escrow``), revenue -> pools and fee, then pools -> holders; zero amounts move nothing.
+    (``close_escrow``), then revenue -> pools and fee. Per period: pools -> holders, one payout per
+    (role, holder) over all the period's jobs. Zero amounts move nothing.
 
-    Revenue is split the moment it is recognised, so it nets to zero in every posted period.
+    Revenue is split the moment it is recognised, and the pools are paid out in the same posting, so
+    both net to zero in every posted period. Payouts are per period, not per job, because a holder is
+    paid once a period like a bank statement line, and because a period's allocation rows (one per job
+    and owner, 10M in a large period) would otherwise each become a transfer: the per-job derivation of
+    every payout is in the allocation rows, which the allocation root pins and each statement lists.
     """
     settlement_id = f"settlement:{period}"
-    out: list[Transfer] = []
-    by_job: dict[str, list[Allocation]] = {job.job_id: [] for job in jobs}
-    for a in sort_allocations(list(allocations)):
-        if a.job_id not in by_job:
+    known = {job.job_id for job in jobs}
+    parts: dict[tuple[str, str], int] = {}  # (job, role) -> amount
+    payouts: dict[tuple[str, str], list[int]] = {}  # (role, holder) -> [amount, jobs]
+    bases: dict[tuple[str, str], set[str]] = {}
+    for a in allocations:
+        if a.job_id not in known:
             raise SettlementError(
                 f"allocation row for job {a.job_id} of period {period} has no verified job; allocate only "
                 "verified jobs (verify_inputs)",
                 period=period,
             )
-        by_job[a.job_id].append(a)
+        parts[(a.job_id, a.role)] = parts.get((a.job_id, a.role), 0) + a.amount
+        if a.role != "fee" and a.amount:
+            due = payouts.setdefault((a.role, a.holder), [0, 0])
+            due[0] += a.amount
+            due[1] += 1
+            bases.setdefault((a.role, a.holder), set()).add(a.basis)
+    out: list[Transfer] = []
     for job in sorted(jobs, key=lambda j: j.job_id):
-        job_id, parts = job.job_id, by_job[job.job_id]
+        job_id = job.job_id
         out += close_escrow(
             period=period,
             job_id=job_id,
@@ -116,7 +128,7 @@ def settlement_transfers(
             settlement_id=settlement_id,
         )
         for role, (pool, code) in _LEGS.items():
-            amount = sum(a.amount for a in parts if a.role == role)
+            amount = parts.get((job_id, role), 0)
             if amount:
                 out.append(
                     Transfer.create(
@@ -131,28 +143,22 @@ def settlement_transfers(
                         job_id=job_id,
                     )
                 )
-        # One payout per (role, holder): a usage-floor policy gives a holder two data rows (usage_floor
-        # and value), which are one movement of money; the memo names both bases.
-        payouts: dict[tuple[str, str], tuple[int, list[str]]] = {}
-        for a in parts:
-            if a.role == "fee" or not a.amount:
-                continue
-            amount, bases = payouts.get((a.role, a.holder), (0, []))
-            payouts[(a.role, a.holder)] = (amount + a.amount, [*bases, a.basis])
-        for (role, holder), (amount, bases) in payouts.items():
-            out.append(
-                Transfer.create(
-                    {"kind": "payout", "period": period, "job": job_id, "role": role, "holder": holder},
-                    debit_account=DATA_POOL if role == "data" else COMPUTE_POOL,
-                    credit_account=holder,
-                    amount=amount,
-                    code=TransferCode.PAYOUT,
-                    memo=f"{role} payout of job {job_id} by {'+'.join(bases)}",
-                    period=period,
-                    settlement_id=settlement_id,
-                    job_id=job_id,
-                )
+    for (role, holder), (amount, rows_paid) in sorted(
+        payouts.items(), key=lambda item: (item[0][1], item[0][0])
+    ):
+        out.append(
+            Transfer.create(
+                {"kind": "payout", "period": period, "role": role, "holder": holder},
+                debit_account=DATA_POOL if role == "data" else COMPUTE_POOL,
+                credit_account=holder,
+                amount=amount,
+                code=TransferCode.PAYOUT,
+                memo=f"{role} payout of period {period}: {rows_paid} allocation row(s) by "
+                + "+".join(sorted(bases[(role, holder)])),
+                period=period,
+                settlement_id=settlement_id,
             )
+        )
     return out
 
 

@@ -66,7 +66,7 @@ def test_ledger_verify_passes_after_the_period(demo_period, exchange_home):
     result = CliRunner().invoke(app, ["ledger", "verify"])
     assert result.exit_code == 0, result.output
     assert "balanced per ledger" in result.output
-    assert "payouts 10 000 000 = revenue = payment, escrow closed" in result.output
+    assert "pools and fee 10 000 000 = revenue = payment, escrow closed" in result.output
     assert "payouts 9 000 000 + fee 1 000 000 = revenue 10 000 000" in result.output
 
 

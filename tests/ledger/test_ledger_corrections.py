@@ -96,7 +96,10 @@ def test_a_reversal_alone_leaves_the_money_where_verify_can_see_it(memory_db):
     reversal = reverse_transfer(memory_db, wrong.transfer_id, "wrong owner")
     assert reverse_transfer(memory_db, wrong.transfer_id, "said twice") == reversal  # once per transfer
     failures = {c.name: c.detail for c in verify_ledger(memory_db).failures}
-    assert failures["job_conservation"] == "job j-1: data pool keeps 700 of it"  # paid out to nobody now
+    assert failures["period_conservation"] == (  # paid out to nobody now
+        f"period {PERIOD}: revenue 1 000, split out of revenue 1 000, payouts 200 + fee 100; all three must "
+        "be equal; data_pool keeps 700 of the period's shares"
+    )
 
 
 def test_corrections_that_cannot_stand_are_refused_and_post_nothing(memory_db):

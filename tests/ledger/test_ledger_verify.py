@@ -33,16 +33,22 @@ def add_job_row(db: ExchangeDB, job_id: str, payment: int) -> None:
         )
 
 
-def settle_by_hand(db: ExchangeDB, job_id: str, payment: int) -> None:
-    """The transfers settlement posts for one job, split 70/20/10 to one owner and one provider."""
-    data, compute, fee = payment * 7 // 10, payment * 2 // 10, payment - payment * 9 // 10
-    legs = [
-        (ESCROW, REVENUE, payment, TransferCode.RECOGNISE),
-        (REVENUE, DATA_POOL, data, TransferCode.SETTLE_DATA),
-        (REVENUE, COMPUTE_POOL, compute, TransferCode.SETTLE_COMPUTE),
-        (REVENUE, EXCHANGE_FEE, fee, TransferCode.SETTLE_FEE),
-        (DATA_POOL, "contributor:alice", data, TransferCode.PAYOUT),
-        (COMPUTE_POOL, "provider:p1", compute, TransferCode.PAYOUT),
+def settle_by_hand(db: ExchangeDB, payments: dict[str, int]) -> None:
+    """The transfers settlement posts for a period: per job its revenue split 70/20/10, then one
+    payout per holder over the period, to one owner and one provider."""
+    legs, data_total, compute_total = [], 0, 0
+    for job_id, payment in payments.items():
+        data, compute, fee = payment * 7 // 10, payment * 2 // 10, payment - payment * 9 // 10
+        data_total, compute_total = data_total + data, compute_total + compute
+        legs += [
+            (job_id, ESCROW, REVENUE, payment, TransferCode.RECOGNISE),
+            (job_id, REVENUE, DATA_POOL, data, TransferCode.SETTLE_DATA),
+            (job_id, REVENUE, COMPUTE_POOL, compute, TransferCode.SETTLE_COMPUTE),
+            (job_id, REVENUE, EXCHANGE_FEE, fee, TransferCode.SETTLE_FEE),
+        ]
+    legs += [
+        (None, DATA_POOL, "contributor:alice", data_total, TransferCode.PAYOUT),
+        (None, COMPUTE_POOL, "provider:p1", compute_total, TransferCode.PAYOUT),
     ]
     transfers = [
         Transfer.create(
@@ -55,7 +61,7 @@ def settle_by_hand(db: ExchangeDB, job_id: str, payment: int) -> None:
             settlement_id="settlement:2026-11",
             job_id=job_id,
         )
-        for n, (d, c, a, code) in enumerate(legs)
+        for n, (job_id, d, c, a, code) in enumerate(legs)
     ]
     with db.transaction() as con:
         Ledger(db).post(con, transfers)
@@ -67,8 +73,7 @@ def books(memory_db: ExchangeDB) -> ExchangeDB:
     for job_id, payment in (("j-1", 1_000_000), ("j-2", 500_000), ("j-3", 250_000)):
         add_job_row(memory_db, job_id, payment)
         escrow_job_payment(memory_db, trainer_id="acme", job_id=job_id, period="2026-11", amount=payment)
-    settle_by_hand(memory_db, "j-1", 1_000_000)
-    settle_by_hand(memory_db, "j-2", 500_000)
+    settle_by_hand(memory_db, {"j-1": 1_000_000, "j-2": 500_000})
     return memory_db
 
 
@@ -89,9 +94,9 @@ def test_honest_books_pass_with_readable_lines(books):
     report = verify_ledger(books)
     assert report.ok, str(report)
     text = str(report)
-    assert "[ok] transfers balanced per ledger: 1 ledger, 16 transfers" in text
-    assert "job j-1: payouts 1 000 000 = revenue = payment, escrow closed" in text
-    assert "job j-2: payouts 500 000 = revenue = payment, escrow closed" in text
+    assert "[ok] transfers balanced per ledger: 1 ledger, 14 transfers" in text
+    assert "job j-1: pools and fee 1 000 000 = revenue = payment, escrow closed" in text
+    assert "job j-2: pools and fee 500 000 = revenue = payment, escrow closed" in text
     assert "period 2026-11: payouts 1 350 000 + fee 150 000 = revenue 1 500 000" in text
     assert "escrow holds 250 000 = budgets of 1 open job" in text
     assert "revenue, data pool and compute pool net to zero after payouts" in text
@@ -123,10 +128,13 @@ def test_money_from_an_unknown_account_unbalances_the_ledger(books):
 
 
 def test_a_rogue_payout_breaks_conservation_and_the_pools(books):
-    rogue(books, DATA_POOL, "contributor:alice", 70_000, "j-1")
+    rogue(books, DATA_POOL, "contributor:alice", 70_000, "j-1")  # an extra payout, tagged with a job
     failures = {c.name: c.detail for c in verify_ledger(books).failures}
     assert failures["flagged_non_negative"].startswith("account data_pool is overdrawn: balance -70 000")
-    assert failures["job_conservation"] == "job j-1: data pool keeps -70 000 of it"
+    assert failures["period_conservation"] == (
+        "period 2026-11: revenue 1 500 000, split out of revenue 1 500 000, payouts 1 420 000 + fee 150 000; "
+        "all three must be equal; data_pool keeps -70 000 of the period's shares"
+    )
     assert failures["pools_empty"].startswith("data_pool holds -70 000")
     assert "ledger_balance" not in failures
 
@@ -146,11 +154,11 @@ def test_a_rogue_settlement_leg_breaks_conservation_and_escrow(books):
 
 
 def test_a_payout_made_twice_under_another_key_is_named(books):
-    # A second payout of j-1's data share to alice: same movement, another transfer id.
-    rogue(books, DATA_POOL, "contributor:alice", 700_000, "j-1")
+    # alice's period payout again, and j-1's data share again: same movements, other transfer ids.
+    rogue(books, DATA_POOL, "contributor:alice", 1_050_000, None)
     rogue(books, REVENUE, DATA_POOL, 700_001, "j-1", code=int(TransferCode.SETTLE_DATA))
     failures = [c.detail for c in verify_ledger(books).failures if c.name == "uniqueness"]
     assert failures == [
         "job j-1: settle_data posted 2 times; reverse the extra transfers",
-        "job j-1: payout data_pool -> contributor:alice posted 2 times; reverse the extra transfers",
+        "period 2026-11: payout data_pool -> contributor:alice posted 2 times; reverse the extra transfers",
     ]

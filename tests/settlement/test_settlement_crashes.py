@@ -185,7 +185,7 @@ def test_a_crash_at_each_step_then_rerun_settles_exactly_once(prepared, referenc
     assert report.ok, str(report)
     assert report.check("audit_chain") and all(c.ok for c in report.check("audit_chain"))
     for job_id, payment in HOME_PAYMENTS.items():
-        assert f"job {job_id}: payouts" in str(report)
+        assert f"job {job_id}: pools and fee" in str(report)
         legs = db.query(
             "SELECT sum(amount) FROM transfers WHERE job_id = ? AND list_contains(?, code)",
             [job_id, [int(c) for c in SETTLE_CODES]],

@@ -126,8 +126,8 @@ def test_two_jobs_settle_into_exact_payouts(two_jobs_file, store, settings: Sett
     report = verify_ledger(two_jobs_file)
     assert report.ok, str(report)
     lines = str(report)
-    assert "job j-1: payouts 1 000 000 = revenue = payment, escrow closed" in lines
-    assert "job j-2: payouts 333 333 = revenue = payment, escrow closed" in lines
+    assert "job j-1: pools and fee 1 000 000 = revenue = payment, escrow closed" in lines
+    assert "job j-2: pools and fee 333 333 = revenue = payment, escrow closed" in lines
     assert f"period {PERIOD}: payouts 1 200 000 + fee 133 333 = revenue 1 333 333" in lines
     assert "escrow holds 0 = budgets of 0 open jobs" in lines
 
