@@ -66,6 +66,7 @@ class AccountKind(StrEnum):
 
 
 _HOLDER_KINDS = (AccountKind.TRAINER, AccountKind.CONTRIBUTOR, AccountKind.PROVIDER, AccountKind.EXTERNAL)
+_HOLDER_KINDS_BY_NAME = {k.value: k for k in _HOLDER_KINDS}
 _SYSTEM_KINDS = {
     ESCROW: AccountKind.ESCROW,
     DATA_POOL: AccountKind.DATA_POOL,
@@ -123,7 +124,7 @@ def account_for(account_id: str) -> Account:
     if kind_text == AccountKind.CARRY_OVER.value and sep:
         carried_holder(account_id)  # refuses a malformed carry-over id with its own message
         return Account(account_id, AccountKind.CARRY_OVER)
-    kinds = {k.value: k for k in _HOLDER_KINDS}
+    kinds = _HOLDER_KINDS_BY_NAME
     if not sep or kind_text not in kinds:
         raise LedgerError(
             f"account id {account_id!r} is not one the exchange knows: write 'trainer:<id>', "

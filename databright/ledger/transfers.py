@@ -9,6 +9,7 @@ and bools are refused at construction so a rounding error can never reach the le
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any
@@ -42,6 +43,8 @@ class TransferCode(IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 #: The codes that move sub-minimum payouts to and from the holders' carry-over accounts.
 CARRY_CODES = (TransferCode.CARRY_OVER, TransferCode.CARRY_RELEASE)
@@ -95,7 +98,7 @@ class Transfer:
             except ValueError as exc:
                 names = ", ".join(f"{c.value}={c.label}" for c in TransferCode)
                 raise LedgerError(f"transfer code {self.code!r} is unknown; use one of {names}") from exc
-        if len(self.transfer_id) != 64 or not all(c in "0123456789abcdef" for c in self.transfer_id):
+        if not isinstance(self.transfer_id, str) or not _HEX64.fullmatch(self.transfer_id):
             raise LedgerError(
                 f"transfer id {self.transfer_id!r} is not 64 lowercase hex digits; build transfers with "
                 "Transfer.create(key, ...) so the id is derived from the idempotency key"
