@@ -1,0 +1,275 @@
+"""Binary classification of tabular features by a one-hidden-layer ReLU MLP, inside an attested worker.
+
+Features are standardised with the training set's mean and standard deviation (stored in the model
+state as ``feature_mean``/``feature_std``, so the ``knn_shapley`` value task reads the records in the
+same space); the model is ``z = w₂·relu(W₁a + b₁) + b₂`` on the binary cross-entropy with logits.
+Training is minibatch SGD (no momentum) with L2 weight decay — ``torch.optim.SGD``'s update, written
+out —; minibatches come from a generator seeded by the job, the weights start from
+``torch.manual_seed``, everything is float64 on one CPU thread, so the same data, config and seed
+give the same model bytes. Every minibatch is metered: the visit counts are exactly the rows read.
+
+With ``inrun: true`` (the default) and a validation set, every step credits each row of its minibatch
+with its *exact* first-order contribution to the validation loss, ``η/|B| · ⟨∇ℓ_i(w), ∇L_val(w)⟩``
+(``databright.valuation.inrun``), over all four parameter tensors. Both layers are linear, so each
+layer's term is a ghost dot product (``ghost_dot``) of the row's back-propagated error and its
+input: ``δ_i = σ(z_i) − y_i`` at the output, ``δ_i · w₂ ⊙ 1[W₁a_i + b₁ > 0]`` at the hidden layer.
+No per-sample gradient is materialised. The contributions only read the weights (before the step's
+update): the model bytes are the same with ``inrun`` on or off. Weight decay's share of each step
+belongs to no record and is left out.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from databright.errors import TrainingError
+from databright.training.meter import UsageMeter
+from databright.training.tasks import TrainOutput
+from databright.valuation.inrun import InRunContributions, ghost_dot
+
+TASK = "tabular_mlp"
+
+
+def parameter_count(width: int, hidden: int) -> int:
+    """Parameters a sample's forward and backward pass touch: every one of them, in a dense MLP —
+    ``hidden × width`` weights and ``hidden`` biases in, ``hidden`` weights and one bias out."""
+    return hidden * (width + 2) + 1
+
+
+def _features(name: str, x: Any, width: int | None = None) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise TrainingError(
+            f"{TASK}: {name} must be a non-empty 2-D array (rows × features), got shape {arr.shape}; "
+            "pass one row per record"
+        )
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise TrainingError(
+            f"{TASK}: {name} has dtype {arr.dtype}; features must be real numbers — encode categorical "
+            "or text columns numerically before training"
+        )
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        row, column = (int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise TrainingError(
+            f"{TASK}: {name} row {row}, column {column} is {float(arr[row, column])}; clean the data "
+            "(drop or impute missing values) first"
+        )
+    if width is not None and arr.shape[1] != width:
+        raise TrainingError(
+            f"{TASK}: {name} has {arr.shape[1]} features, the model was trained on {width}; give it the "
+            "same feature columns, in the same order, as the training data"
+        )
+    return arr
+
+
+def _binary(name: str, y: Any, rows: int) -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim != 1 or arr.shape[0] != rows:
+        raise TrainingError(
+            f"{TASK}: {name} must hold one label per row ({rows}), got shape {arr.shape}; pass the label "
+            "column only"
+        )
+    if not np.isin(arr, (0, 1)).all():
+        found = sorted({str(v) for v in arr.tolist()} - {"0", "1", "0.0", "1.0", "True", "False"})
+        raise TrainingError(
+            f"{TASK}: {name} has labels {found[:5]}; this task is binary — encode the label as 0/1"
+        )
+    return arr.astype(np.float64)
+
+
+def _setting(config: Mapping[str, Any], key: str, *, integer: bool, allow_zero: bool = False) -> float:
+    value = config.get(key)
+    number = math.nan
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (isinstance(value, int) or not integer)
+    ):
+        number = float(value)
+    # NaN fails both comparisons, so a missing or non-numeric setting is refused here too, as is inf.
+    if not ((number > 0 or (allow_zero and number == 0)) and number < math.inf):
+        kind = "an integer" if integer else "a finite number"
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise TrainingError(f"{TASK}: config {key}={value!r} must be {kind} {bound}")
+    return number
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise TrainingError(f"{TASK}: config {key}={value!r} must be true or false")
+    return value
+
+
+def train(
+    x: np.ndarray,
+    y: np.ndarray,
+    config: Mapping[str, Any],
+    seed: int,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> TrainOutput:
+    """Train on ``(x, y)``; with ``(x_val, y_val)``, report accuracy on it and (``inrun``) each
+    record's exact in-run contribution to its loss; without, both are ``None``."""
+    import torch
+
+    x = _features("x", x)
+    n, width = x.shape
+    labels = _binary("y", y, n)
+    hidden = int(_setting(config, "hidden", integer=True))
+    epochs = int(_setting(config, "epochs", integer=True))
+    batch_size = int(_setting(config, "batch_size", integer=True))
+    learning_rate = float(_setting(config, "learning_rate", integer=False))
+    weight_decay = float(_setting(config, "weight_decay", integer=False, allow_zero=True))
+    model_cost = int(_setting(config, "model_cost", integer=True))
+    inrun = _flag(config, "inrun", default=True)
+    # Work units are visits × model_cost: a cost that is not this model's size would bill for work
+    # that was not done (or hide work that was), so it must match exactly.
+    touched = parameter_count(width, hidden)
+    if model_cost != touched:
+        raise TrainingError(
+            f"{TASK}: config model_cost={model_cost} but a {width}→{hidden}→1 MLP touches {touched} "
+            f"parameters per sample (hidden × (features + 2) + 1); set model_cost to {touched}"
+        )
+
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    # A constant column carries no information; dividing by 1 keeps it at 0 instead of NaN.
+    std = np.where(std > 0, std, 1.0)
+
+    def standardise(name: str, rows: Any) -> np.ndarray:
+        return (_features(name, rows, width) - mean) / std
+
+    def embed(rows: np.ndarray) -> np.ndarray:
+        return standardise("rows to embed", rows)
+
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    if x_val is not None or y_val is not None:
+        if x_val is None or y_val is None:
+            raise TrainingError(f"{TASK}: give both x_val and y_val, or neither")
+        xv = standardise("x_val", x_val)
+        validation = (xv, _binary("y_val", y_val, xv.shape[0]))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        layer_in = torch.nn.Linear(width, hidden, dtype=torch.float64)
+        layer_out = torch.nn.Linear(hidden, 1, dtype=torch.float64)
+        parameters = [layer_in.weight, layer_in.bias, layer_out.weight, layer_out.bias]
+
+        def forward(rows: Any) -> tuple[Any, Any, Any]:
+            """Pre-activations, hidden activations and logits: the in-run terms need all three."""
+            pre = layer_in(rows)
+            act = torch.relu(pre)
+            return pre, act, layer_out(act).squeeze(1)
+
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        standardised = standardise("x", x)
+        inputs = torch.from_numpy(standardised)
+        targets = torch.from_numpy(labels)
+        shuffler = np.random.default_rng(seed)
+        meter = UsageMeter(n)
+        contributions: InRunContributions | None = None
+        val_inputs = val_targets = None
+        if inrun and validation is not None:
+            contributions = InRunContributions(n)
+            val_inputs, val_targets = torch.from_numpy(validation[0]), torch.from_numpy(validation[1])
+        for _ in range(epochs):
+            order = shuffler.permutation(n)
+            for start in range(0, n, batch_size):
+                batch = order[start : start + batch_size]
+                meter.record(batch)
+                index = torch.from_numpy(batch)
+                for parameter in parameters:
+                    parameter.grad = None
+                rows = inputs[index]
+                pre, act, logits = forward(rows)
+                loss = loss_fn(logits, targets[index])
+                if contributions is not None:
+                    # Before the update: the step is credited at the weights its gradients were taken at.
+                    with torch.no_grad():
+                        dots = _gradient_dots(
+                            torch, forward, layer_out.weight, rows, pre.detach(), act.detach(),
+                            logits.detach(), targets[index], val_inputs, val_targets,
+                        )  # fmt: skip
+                    contributions.add_dots(batch, dots, learning_rate=learning_rate)
+                loss.backward()
+                with torch.no_grad():
+                    for parameter in parameters:
+                        # The update torch.optim.SGD makes (no momentum), written out: importing
+                        # torch.optim loads torch._dynamo, seconds of start-up in every worker.
+                        assert parameter.grad is not None
+                        step = parameter.grad.add(parameter, alpha=weight_decay)
+                        parameter.add_(step, alpha=-learning_rate)
+
+        accuracy: float | None = None
+        if validation is not None:
+            xv, yv = validation
+            with torch.no_grad():
+                predicted = (forward(torch.from_numpy(xv))[2] > 0).double().numpy()
+            accuracy = float(np.mean(predicted == yv))
+
+        state = {
+            "hidden.weight": layer_in.weight.detach().clone(),
+            "hidden.bias": layer_in.bias.detach().clone(),
+            "output.weight": layer_out.weight.detach().clone(),
+            "output.bias": layer_out.bias.detach().clone(),
+            "feature_mean": torch.from_numpy(mean.copy()),
+            "feature_std": torch.from_numpy(std.copy()),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+    finally:
+        torch.set_num_threads(threads)
+
+    return TrainOutput(
+        model_state=buffer.getvalue(),
+        visits=meter.visits,
+        embed=embed,
+        validation_accuracy=accuracy,
+        model_cost=model_cost,
+        contributions=None if contributions is None else contributions.values,
+    )
+
+
+def _gradient_dots(
+    torch: Any,
+    forward: Any,
+    out_weight: Any,
+    rows: Any,
+    pre: Any,
+    act: Any,
+    logits: Any,
+    labels: Any,
+    val_inputs: Any,
+    val_targets: Any,
+) -> np.ndarray:
+    """``⟨∇ℓ_i(w), ∇L_val(w)⟩`` for every batch row, in closed form (call under ``torch.no_grad``).
+
+    For ``z = w₂·h + b₂``, ``h = relu(u)``, ``u = W₁a + b₁`` and the cross-entropy with logits, a row's
+    error at the logit is ``δ = σ(z) − y`` and at the hidden pre-activations ``e = δ · w₂ ⊙ 1[u > 0]``
+    (torch's relu passes no gradient at 0, and neither does this); its gradient is ``(δh, δ)`` for
+    the output layer and ``(e aᵀ, e)`` for the hidden one. The validation gradient is the mean of the
+    same over the validation rows.
+    """
+    w2 = out_weight[0]
+    val_pre, val_act, val_logits = forward(val_inputs)
+    val_delta = (torch.sigmoid(val_logits) - val_targets) / val_targets.shape[0]
+    val_error = val_delta[:, None] * w2 * (val_pre > 0)
+    grad_w2 = (val_delta @ val_act)[None, :]
+    grad_b2 = val_delta.sum()[None]
+    grad_w1 = val_error.T @ val_inputs
+    grad_b1 = val_error.sum(0)
+
+    delta = torch.sigmoid(logits) - labels
+    error = delta[:, None] * w2 * (pre > 0)
+    output_term = ghost_dot(delta.numpy(), act.numpy(), grad_w2.numpy(), grad_b2.numpy())
+    hidden_term = ghost_dot(error.numpy(), rows.numpy(), grad_w1.numpy(), grad_b1.numpy())
+    return np.asarray(output_term + hidden_term)
