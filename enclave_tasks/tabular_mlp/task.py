@@ -13,7 +13,8 @@ with its *exact* first-order contribution to the validation loss, ``η/|B| · �
 (``databright.valuation.inrun``), over all four parameter tensors. Both layers are linear, so each
 layer's term is a ghost dot product (``ghost_dot``) of the row's back-propagated error and its
 input: ``δ_i = σ(z_i) − y_i`` at the output, ``δ_i · w₂ ⊙ 1[W₁a_i + b₁ > 0]`` at the hidden layer.
-No per-sample gradient is materialised. The contributions only read the weights (before the step's
+No per-sample gradient is materialised; the credits are deferred and computed for chunks of steps
+at once (``_PendingSteps``). The contributions only read the weights (before the step's
 update): the model bytes are the same with ``inrun`` on or off. Weight decay's share of each step
 belongs to no record and is left out.
 """
@@ -177,10 +178,17 @@ def train(
         shuffler = np.random.default_rng(seed)
         meter = UsageMeter(n)
         contributions: InRunContributions | None = None
-        val_inputs = val_targets = None
+        pending: _PendingSteps | None = None
         if inrun and validation is not None:
             contributions = InRunContributions(n)
-            val_inputs, val_targets = torch.from_numpy(validation[0]), torch.from_numpy(validation[1])
+            pending = _PendingSteps(
+                torch,
+                parameters,
+                torch.from_numpy(validation[0]),
+                torch.from_numpy(validation[1]),
+                contributions,
+                learning_rate,
+            )
         for _ in range(epochs):
             order = shuffler.permutation(n)
             for start in range(0, n, batch_size):
@@ -192,14 +200,10 @@ def train(
                 rows = inputs[index]
                 pre, act, logits = forward(rows)
                 loss = loss_fn(logits, targets[index])
-                if contributions is not None:
-                    # Before the update: the step is credited at the weights its gradients were taken at.
-                    with torch.no_grad():
-                        dots = _gradient_dots(
-                            torch, forward, layer_out.weight, rows, pre.detach(), act.detach(),
-                            logits.detach(), targets[index], val_inputs, val_targets,
-                        )  # fmt: skip
-                    contributions.add_dots(batch, dots, learning_rate=learning_rate)
+                if pending is not None:
+                    # Before the update: the step is credited at the weights its gradients were taken
+                    # at. Its validation gradient is computed later, for many steps in one pass.
+                    pending.add(batch, rows, pre.detach(), act.detach(), logits.detach(), targets[index])
                 loss.backward()
                 with torch.no_grad():
                     for parameter in parameters:
@@ -209,6 +213,8 @@ def train(
                         step = parameter.grad.add(parameter, alpha=weight_decay)
                         parameter.add_(step, alpha=-learning_rate)
 
+        if pending is not None:
+            pending.flush()
         accuracy: float | None = None
         if validation is not None:
             xv, yv = validation
@@ -239,37 +245,101 @@ def train(
     )
 
 
-def _gradient_dots(
-    torch: Any,
-    forward: Any,
-    out_weight: Any,
-    rows: Any,
-    pre: Any,
-    act: Any,
-    logits: Any,
-    labels: Any,
-    val_inputs: Any,
-    val_targets: Any,
-) -> np.ndarray:
-    """``⟨∇ℓ_i(w), ∇L_val(w)⟩`` for every batch row, in closed form (call under ``torch.no_grad``).
+class _PendingSteps:
+    """Steps waiting for their in-run credit: each step's batch, activations and a copy of the
+    weights it was taken at, credited ``η/|B| · ⟨∇ℓ_i(w), ∇L_val(w)⟩`` in chunks.
 
-    For ``z = w₂·h + b₂``, ``h = relu(u)``, ``u = W₁a + b₁`` and the cross-entropy with logits, a row's
-    error at the logit is ``δ = σ(z) − y`` and at the hidden pre-activations ``e = δ · w₂ ⊙ 1[u > 0]``
-    (torch's relu passes no gradient at 0, and neither does this); its gradient is ``(δh, δ)`` for
-    the output layer and ``(e aᵀ, e)`` for the hidden one. The validation gradient is the mean of the
-    same over the validation rows.
+    The validation gradient is the costly part (a forward and backward pass over every validation
+    row); computing it for a chunk of steps at once, as batched tensor products over the stacked
+    weights, replaces one small pass per step with one large one. The credits only read the weights,
+    so deferring them changes nothing in training.
+
+    In closed form, for ``z = w₂·h + b₂``, ``h = relu(u)``, ``u = W₁a + b₁`` and the cross-entropy with
+    logits, a row's error at the logit is ``δ = σ(z) − y`` and at the hidden pre-activations
+    ``e = δ · w₂ ⊙ 1[u > 0]`` (torch's relu passes no gradient at 0, and neither does this); its
+    gradient is ``(δh, δ)`` for the output layer and ``(e aᵀ, e)`` for the hidden one. The validation
+    gradient is the mean of the same over the validation rows.
     """
-    w2 = out_weight[0]
-    val_pre, val_act, val_logits = forward(val_inputs)
-    val_delta = (torch.sigmoid(val_logits) - val_targets) / val_targets.shape[0]
-    val_error = val_delta[:, None] * w2 * (val_pre > 0)
-    grad_w2 = (val_delta @ val_act)[None, :]
-    grad_b2 = val_delta.sum()[None]
-    grad_w1 = val_error.T @ val_inputs
-    grad_b1 = val_error.sum(0)
 
-    delta = torch.sigmoid(logits) - labels
-    error = delta[:, None] * w2 * (pre > 0)
-    output_term = ghost_dot(delta.numpy(), act.numpy(), grad_w2.numpy(), grad_b2.numpy())
-    hidden_term = ghost_dot(error.numpy(), rows.numpy(), grad_w1.numpy(), grad_b1.numpy())
-    return np.asarray(output_term + hidden_term)
+    #: Elements of the chunk's largest temporary (steps × validation rows × hidden units), ~16 MB.
+    BUDGET = 2_000_000
+
+    def __init__(
+        self,
+        torch: Any,
+        parameters: list[Any],
+        val_inputs: Any,
+        val_targets: Any,
+        contributions: InRunContributions,
+        learning_rate: float,
+    ) -> None:
+        self.torch = torch
+        self.parameters = parameters
+        self.val_inputs, self.val_targets = val_inputs, val_targets
+        self.contributions = contributions
+        self.learning_rate = learning_rate
+        hidden = int(parameters[0].shape[0])
+        self.chunk = max(1, min(64, self.BUDGET // max(1, int(val_inputs.shape[0]) * hidden)))
+        self.steps: list[tuple[Any, ...]] = []
+
+    def add(self, batch: np.ndarray, rows: Any, pre: Any, act: Any, logits: Any, labels: Any) -> None:
+        weights = tuple(p.detach().clone() for p in self.parameters)  # the update is in place
+        self.steps.append((batch, rows, pre, act, logits, labels, weights))
+        if len(self.steps) == self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.steps:
+            return
+        torch = self.torch
+        with torch.no_grad():
+            w1 = torch.stack([s[6][0] for s in self.steps])  # K × H × I
+            b1 = torch.stack([s[6][1] for s in self.steps])  # K × H
+            w2 = torch.stack([s[6][2][0] for s in self.steps])  # K × H
+            b2 = torch.stack([s[6][3][0] for s in self.steps])  # K
+            xv, yv = self.val_inputs, self.val_targets
+            val_pre = torch.einsum("vi,khi->kvh", xv, w1) + b1[:, None, :]
+            val_act = torch.relu(val_pre)
+            val_logits = torch.einsum("kvh,kh->kv", val_act, w2) + b2[:, None]
+            val_delta = (torch.sigmoid(val_logits) - yv) / yv.shape[0]
+            val_error = val_delta[:, :, None] * w2[:, None, :] * (val_pre > 0)
+            grad_w2 = torch.einsum("kv,kvh->kh", val_delta, val_act)
+            grad_b2 = val_delta.sum(1)
+            grad_w1 = torch.einsum("kvh,vi->khi", val_error, xv)
+            grad_b1 = val_error.sum(1)
+            # Steps with a full batch are credited together (one einsum over steps × rows); an
+            # epoch's shorter last batch on its own.
+            full = max(len(s[0]) for s in self.steps)
+            same = [k for k, s in enumerate(self.steps) if len(s[0]) == full]
+            dots: dict[int, np.ndarray] = {}
+            if same:
+                pick = torch.tensor(same)
+                rows = torch.stack([self.steps[k][1] for k in same])  # K' × B × I
+                pre = torch.stack([self.steps[k][2] for k in same])  # K' × B × H
+                act = torch.stack([self.steps[k][3] for k in same])
+                logits = torch.stack([self.steps[k][4] for k in same])  # K' × B
+                labels = torch.stack([self.steps[k][5] for k in same])
+                delta = torch.sigmoid(logits) - labels
+                error = delta[:, :, None] * w2[pick][:, None, :] * (pre > 0)
+                output_term = delta * (
+                    torch.einsum("kbh,kh->kb", act, grad_w2[pick]) + grad_b2[pick][:, None]
+                )
+                hidden_in = torch.einsum("kbi,khi->kbh", rows, grad_w1[pick]) + grad_b1[pick][:, None, :]
+                hidden_term = torch.einsum("kbh,kbh->kb", error, hidden_in)
+                both = (output_term + hidden_term).numpy()
+                dots.update({k: both[j] for j, k in enumerate(same)})
+            for k, (batch, rows_k, pre_k, act_k, logits_k, labels_k, _) in enumerate(self.steps):
+                if k not in dots:
+                    delta_k = torch.sigmoid(logits_k) - labels_k
+                    error_k = delta_k[:, None] * w2[k] * (pre_k > 0)
+                    dots[k] = np.asarray(
+                        ghost_dot(
+                            delta_k.numpy(),
+                            act_k.numpy(),
+                            grad_w2[k][None, :].numpy(),
+                            grad_b2[k][None].numpy(),
+                        )
+                        + ghost_dot(error_k.numpy(), rows_k.numpy(), grad_w1[k].numpy(), grad_b1[k].numpy())
+                    )
+                self.contributions.add_dots(batch, dots[k], learning_rate=self.learning_rate)
+        self.steps = []
