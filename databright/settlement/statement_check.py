@@ -30,6 +30,7 @@ from databright.ledger.corrections import EFFECTIVE_TRANSFERS
 from databright.ledger.transfers import TransferCode
 from databright.settlement.allocation import Allocation, allocate_job, allocation_root
 from databright.settlement.inputs import check_job, completed_jobs, load_envelope, load_valuation
+from databright.settlement.period import carry_lines
 from databright.settlement.policy import AllocationPolicy
 from databright.settlement.result import check_period
 from databright.settlement.statements import find_statement
@@ -103,17 +104,14 @@ def _ledger_total(db: ExchangeDB, holder: str, period: str) -> int:
     return int(db.query(sql, params)[0][0])
 
 
-def _carry_failures(db: ExchangeDB, stated: dict[str, int] | None, holder: str, period: str) -> list[str]:
-    """The statement's carry-over block against the period's carry transfers of the holder."""
-    released, carried = (
-        int(v)
-        for v in db.query(
-            """SELECT COALESCE(SUM(amount) FILTER (WHERE code = ? AND credit_account = ?), 0::HUGEINT),
-                      COALESCE(SUM(amount) FILTER (WHERE code = ? AND debit_account = ?), 0::HUGEINT)
-               FROM transfers WHERE period = ?""",
-            [int(TransferCode.CARRY_RELEASE), holder, int(TransferCode.CARRY_OVER), holder, period],
-        )[0]
-    )
+def _carry_failures(
+    db: ExchangeDB, policy: AllocationPolicy, stated: dict[str, int] | None, holder: str, period: str
+) -> list[str]:
+    """The statement's carry-over block against the period's carry transfers of the holder, read the
+    way the posted settlement reads them (``period.carry_lines``)."""
+    with db.connect() as con:
+        posted = carry_lines(con, period, policy, (), posted=True).get(holder)
+    released, carried = (0, 0) if posted is None else (posted.released, posted.carried_over)
     got = stated or {"released": 0, "carried_over": 0}
     return [
         f"statement says {name} {got.get(name, 0)}, the ledger's carry transfers {want} minor units"
@@ -195,7 +193,7 @@ def check_statement(
     ledger = _ledger_total(db, holder, period)
     if ledger != derived:
         failures.append(f"ledger total {ledger} != re-derived {derived} minor units")
-    failures += _carry_failures(db, statement.carry, holder, period)
+    failures += _carry_failures(db, policy, statement.carry, holder, period)
     return StatementCheck(
         holder=holder,
         period=period,
