@@ -5,7 +5,7 @@
 * ``pool`` — ``LocalPool``: starts provider worker processes, attests them, opens their offers.
 """
 
-from databright.market.allocation import Quote, choose_offer
+from databright.market.allocation import Quote, choose_offer, choose_offers
 from databright.market.offers import (
     Offer,
     Provider,
@@ -21,6 +21,7 @@ __all__ = [
     "Provider",
     "Quote",
     "choose_offer",
+    "choose_offers",
     "list_offers",
     "list_providers",
     "open_offer",

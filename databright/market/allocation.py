@@ -66,3 +66,44 @@ def _payment_needed(quote: Quote, offer: Offer) -> int:
     if quote.compute_budget == 0:
         return quote.cost(offer)
     return -(-quote.cost(offer) * quote.payment // quote.compute_budget)
+
+
+def _rank_key(offer: Offer) -> tuple[int, str, str]:
+    return (offer.price_per_unit, offer.provider_id, offer.offer_id)
+
+
+def choose_offers(offers: Sequence[Offer], quote: Quote, count: int) -> list[Offer]:
+    """The ``count`` cheapest open offers, one per provider, that together fit the quote.
+
+    A data-parallel job gives each worker an equal share of the rows (to within one), so each
+    offer must have capacity for ``ceil(work units / count)`` and the job costs each share at its
+    offer's price; the sum must stay within the compute budget. Ties go to the lower provider id,
+    then offer id, so the same pool and job always give the same allocation. One worker: exactly
+    ``choose_offer``.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise NoOfferFits(f"a job needs at least one worker, not {count!r}", quote=quote)
+    if count == 1:
+        return [choose_offer(offers, quote)]
+    share = -(-quote.work_units // count)
+    cheapest_per_provider: dict[str, Offer] = {}
+    for offer in sorted((o for o in offers if o.status == "open"), key=_rank_key):
+        cheapest_per_provider.setdefault(offer.provider_id, offer)
+    fitting = sorted((o for o in cheapest_per_provider.values() if o.capacity >= share), key=_rank_key)
+    if len(fitting) < count:
+        raise NoOfferFits(
+            f"{count} workers were asked for, but only {len(fitting)} provider(s) have an open offer with "
+            f"capacity for a share of {share:,} work units ({quote.describe()}); start more workers "
+            "(`databright worker start`) or ask for fewer",
+            quote=quote,
+        )
+    chosen = fitting[:count]
+    cost = sum(share * o.price_per_unit for o in chosen)
+    if cost > quote.compute_budget:
+        raise NoOfferFits(
+            f"the {count} cheapest offers ({', '.join(o.provider_id for o in chosen)}) would cost up to "
+            f"{cost:,} for {quote.describe()}: raise the budget to at least "
+            f"{-(-cost * quote.payment // max(1, quote.compute_budget)):,} or ask for fewer workers",
+            quote=quote,
+        )
+    return chosen

@@ -113,6 +113,22 @@ class LocalPool:
                 return m
         raise MarketError(f"offer {offer.offer_id} is not in this pool; choose among pool.offers")
 
+    def alive(self, offer: Offer) -> bool:
+        """Whether the worker behind ``offer`` is still running (a killed worker's session is gone)."""
+        worker = self._workers.get(self.member(offer).provider.provider_id)
+        return worker is not None and worker.is_alive()
+
+    def worker(self, offer: Offer) -> WorkerProcess:
+        """The worker process behind ``offer``."""
+        return self._workers[self.member(offer).provider.provider_id]
+
+    def retire(self, offer: Offer) -> None:
+        """Withdraw ``offer`` and stop its worker: a worker that died mid-job gets no more work."""
+        provider_id = self.member(offer).provider.provider_id
+        withdraw_offer(self.db, offer.offer_id)
+        self._workers.pop(provider_id).stop()
+        del self.members[provider_id]
+
     def run(self, offer: Offer, spec: JobSpec) -> JobOutcome:
         """Run a job on the worker behind ``offer`` (the one whose session was attested)."""
         return self._workers[self.member(offer).provider.provider_id].run(spec)

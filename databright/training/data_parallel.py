@@ -118,7 +118,8 @@ class Rendezvous:
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or not self.address.startswith("tcp://"):
             raise TrainingError(
-                f"rendezvous address {self.address!r} must be tcp://host:port (the exchange picks a free port)"
+                f"rendezvous address {self.address!r} must be tcp://host:port; the exchange picks a free "
+                "port for each job"
             )
         shard_bounds(self.world_size, self.rank, self.world_size)
         if not self.timeout_s > 0:

@@ -201,20 +201,51 @@ def complete_job(
 ) -> TrainingJob:
     """Archive the signed receipt, the model and the trainer's validation file (the value step
     values the records against it), then mark the job completed (settlement reads it)."""
-    receipt_key = f"receipts/{job.period}/{job.job_id}.dsse.json"
-    model_key = f"models/{job.job_id}/{model_digest}.pt"
+    return complete_jobs(
+        db, store, [Completion(job, receipt_envelope, work_units)], model_bytes, model_digest, validation
+    )[0]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One job finished by its worker: the signed receipt and the work units it attests."""
+
+    job: TrainingJob
+    receipt_envelope: dict[str, object]
+    work_units: int
+
+
+def complete_jobs(
+    db: ExchangeDB,
+    store: ObjectStore,
+    completions: list[Completion],
+    model_bytes: bytes,
+    model_digest: str,
+    validation: Path,
+) -> list[TrainingJob]:
+    """Complete jobs that trained one model together (the parts of a data-parallel attempt): every
+    receipt, the model and the validation file are archived first, then all the jobs are marked
+    completed in one transaction — all of them, or (on any failure) none."""
     data = validation.read_bytes()
-    validation_key = f"validation/{job.job_id}/{sha256_hex(data)}{validation.suffix.lower()}"
-    store.put_bytes(model_key, model_bytes)
-    store.put_bytes(validation_key, data)
-    store.put_bytes(receipt_key, json.dumps(receipt_envelope, sort_keys=True, indent=2).encode("utf-8"))
+    updates = []
+    for done in completions:
+        job = done.job
+        receipt_key = f"receipts/{job.period}/{job.job_id}.dsse.json"
+        model_key = f"models/{job.job_id}/{model_digest}.pt"
+        validation_key = f"validation/{job.job_id}/{sha256_hex(data)}{validation.suffix.lower()}"
+        store.put_bytes(model_key, model_bytes)
+        store.put_bytes(validation_key, data)
+        receipt = json.dumps(done.receipt_envelope, sort_keys=True, indent=2).encode("utf-8")
+        store.put_bytes(receipt_key, receipt)
+        updates.append([receipt_key, model_key, model_digest, done.work_units, validation_key, job.job_id])
     with db.transaction() as con:
-        con.execute(
-            """UPDATE jobs SET status = 'completed', receipt_key = ?, model_key = ?, model_digest = ?,
-               work_units = ?, validation_key = ? WHERE job_id = ? AND status = 'escrowed'""",
-            [receipt_key, model_key, model_digest, work_units, validation_key, job.job_id],
-        )
-    return get_job(db, job.job_id)
+        for update in updates:
+            con.execute(
+                """UPDATE jobs SET status = 'completed', receipt_key = ?, model_key = ?, model_digest = ?,
+                   work_units = ?, validation_key = ? WHERE job_id = ? AND status = 'escrowed'""",
+                update,
+            )
+    return [get_job(db, done.job.job_id) for done in completions]
 
 
 def fail_job(db: ExchangeDB, job: TrainingJob, error: str) -> TrainingJob:

@@ -36,6 +36,7 @@ from databright.crypto import SigningKey, digest_file, merkle_root_hex, sha256_h
 from databright.datasets.canonical import record_ids
 from databright.datasets.contracts import Schema
 from databright.errors import ConfigError, IntegrityError, SchemaMismatch, TrainingError, UnreadableFile
+from databright.training.data_parallel import DataShard, GlooGroup, Rendezvous, shard_bounds
 from databright.training.spec import JobOutcome, JobSpec
 from databright.training.tasks import TrainOutput, load_task
 from databright.trust.evidence import iso, utc
@@ -208,6 +209,14 @@ def load_validation(path: Path, schema: Schema) -> tuple[np.ndarray, np.ndarray]
     return feature_arrays(frame, schema, f"validation file {path}")
 
 
+def shard_of(spec: JobSpec, dataset: pd.DataFrame, ids: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The rows (and their ids) that shard ``spec.shard_rank`` of ``spec.shard_count`` reads."""
+    if spec.shard_count == 1:
+        return dataset, ids
+    start, stop = shard_bounds(len(ids), spec.shard_rank, spec.shard_count)
+    return dataset.iloc[start:stop].reset_index(drop=True), ids[start:stop]
+
+
 def owner_usage(owners: list[str], visits: np.ndarray, values: np.ndarray) -> dict[str, OwnerUsage]:
     """Rows used (visited at least once), total visits and summed value per owner, owners sorted."""
     rows: dict[str, int] = {}
@@ -274,8 +283,17 @@ def run_job(
 
     task = load_task(Path(enclave_tasks_dir), spec.task)
     config = task.resolve_config(spec.config)
+    # Every record was checked against the version's root above; a data-parallel worker then reads
+    # (trains on, meters, is paid for) only its own shard's rows.
+    dataset, ids = shard_of(spec, dataset, ids)
     x, y = feature_arrays(dataset, schema, f"dataset {spec.dataset} v{spec.dataset_version}")
-    out = task.train(x, y, config, spec.seed, x_val=x_val, y_val=y_val)
+    if spec.shard_count == 1:
+        out = task.train(x, y, config, spec.seed, x_val=x_val, y_val=y_val)
+    else:
+        rendezvous = Rendezvous(spec.rendezvous, spec.shard_rank, spec.shard_count)
+        with GlooGroup(rendezvous) as group:
+            shard = DataShard(spec.shard_rank, spec.shard_count, len(origin), group.reduce)
+            out = task.train(x, y, config, spec.seed, x_val=x_val, y_val=y_val, shard=shard)
     if not isinstance(out, TrainOutput):
         raise TrainingError(f"enclave task {spec.task!r} returned {type(out).__name__}, expected TrainOutput")
     if out.visits.shape[0] != len(ids):

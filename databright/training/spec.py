@@ -70,6 +70,11 @@ class JobSpec:
     # A sealed job: the version's shards and the data keys released to the worker's session.
     shards: tuple[SealedShard, ...] = ()
     key_release: dict[str, Any] | None = None
+    # Data-parallel jobs: this worker is ``shard_rank`` of ``shard_count`` and reads only its rows
+    # (``data_parallel.shard_bounds``); the workers meet at ``rendezvous`` (tcp://host:port).
+    shard_rank: int = 0
+    shard_count: int = 1
+    rendezvous: str = ""
 
     @property
     def sealed(self) -> bool:
@@ -78,7 +83,7 @@ class JobSpec:
     def __post_init__(self) -> None:
         for name in ("job_id", "period", "run_id", "provider_id", "task", "dataset", "attestation_result_id"):
             _text(name, getattr(self, name))
-        for name in ("dataset_version", "seed"):
+        for name in ("dataset_version", "seed", "shard_rank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TrainingError(f"job spec field {name} is {value!r}; it must be a non-negative integer")
@@ -111,6 +116,12 @@ class JobSpec:
             raise TrainingError("job spec schema is empty; pass the dataset's Schema.to_dict()")
         _absolute("validation_file", self.validation_file)
         _absolute("output_dir", self.output_dir)
+        count = self.shard_count
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= self.shard_rank < count:
+            raise TrainingError(
+                f"job spec shard {self.shard_rank!r} of {count!r}: the count must be a positive integer and "
+                "the rank one of 0..count-1"
+            )
         if not isinstance(self.config, dict):
             raise TrainingError(f"job spec config is {self.config!r}; give a mapping of overrides (or {{}})")
         if self.assurance not in ASSURANCES:

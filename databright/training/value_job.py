@@ -28,7 +28,13 @@ import pandas as pd
 from databright.crypto import SigningKey, digest_file, sha256_hex
 from databright.datasets.contracts import Schema
 from databright.errors import ConfigError, IntegrityError, TrainingError
-from databright.training.runner import feature_arrays, load_dataset, load_validation, verify_records
+from databright.training.runner import (
+    feature_arrays,
+    load_dataset,
+    load_validation,
+    shard_of,
+    verify_records,
+)
 from databright.training.spec import JobSpec
 from databright.training.tasks import load_value_task
 from databright.trust.evidence import iso, utc
@@ -129,6 +135,13 @@ def run_value(
         raise TrainingError(f"value job for {spec.job_id}: the schema is unusable ({exc})") from exc
     dataset, origin = load_dataset(data, schema)
     ids = verify_records(dataset, schema, data, origin)
+    # A shard of a data-parallel job is valued on the rows its worker read, like its usage receipt.
+    dataset, ids = shard_of(data, dataset, ids)
+    groups = spec.near_duplicate_groups
+    if data.shard_count > 1:
+        inside = set(ids)
+        kept = (tuple(i for i in group if i in inside) for group in groups)
+        groups = tuple(group for group in kept if len(group) > 1)
     validation_path = Path(data.validation_file)
     x_val, y_val = load_validation(validation_path, schema)
     validation_digest = digest_file(validation_path)
@@ -148,7 +161,7 @@ def run_value(
         model_state=model_state,
         record_ids=ids,
         owners=owners,
-        near_duplicate_groups=spec.near_duplicate_groups,
+        near_duplicate_groups=groups,
         input_digests={
             "dataset_merkle_root": data.expected_merkle_root,
             "validation_file": validation_digest,

@@ -325,6 +325,11 @@ class WorkerProcess:
     def is_alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (an operator stops a stuck worker by it)."""
+        return self._process.pid if self._process is not None else None
+
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> str:
         """Start the child; return its session public key (hex)."""

@@ -299,9 +299,20 @@ class InRunContributions:
                 "names a record the contributions were not sized for"
             )
 
-    def add_steps(self, batches: Sequence[Any], dots: Any, *, learning_rate: float) -> None:
+    def add_steps(
+        self,
+        batches: Sequence[Any],
+        dots: Any,
+        *,
+        learning_rate: float,
+        batch_sizes: Sequence[int] | None = None,
+    ) -> None:
         """Add several steps at once, in order: exactly (bit for bit) what :meth:`add_dots` per step
-        adds. ``dots`` holds each row's ``⟨∇ℓ_i(w), ∇L_val(w)⟩``, the steps' batches concatenated."""
+        adds. ``dots`` holds each row's ``⟨∇ℓ_i(w), ∇L_val(w)⟩``, the steps' batches concatenated.
+
+        ``batch_sizes`` are the steps' minibatch sizes when they differ from the rows given — a
+        data-parallel worker credits only its shard's rows of a larger global minibatch
+        (``databright.training.data_parallel``); by default each step's own row count."""
         rate = _learning_rate(learning_rate)
         parts = _batches(batches)
         rows = np.concatenate(parts)
@@ -311,8 +322,16 @@ class InRunContributions:
             raise ValuationError(
                 f"{d.size} gradient dot products for {rows.shape[0]} batch rows; give one per row, in order"
             )
-        sizes = np.array([p.shape[0] for p in parts], dtype=np.float64)
-        scale = np.repeat(rate / sizes, sizes.astype(np.int64))
+        counts = np.array([p.shape[0] for p in parts], dtype=np.int64)
+        sizes = counts.astype(np.float64)
+        if batch_sizes is not None:
+            sizes = np.asarray(batch_sizes, dtype=np.float64)
+            if sizes.shape != counts.shape or (sizes < counts).any():
+                raise ValuationError(
+                    f"batch sizes {list(batch_sizes)[:5]} for {len(parts)} steps: give one per step, each at "
+                    "least the rows credited in it (the global minibatch size)"
+                )
+        scale = np.repeat(rate / sizes, counts)
         step = _finite("the steps' contributions", d * scale)
         # Unbuffered and in row order: repeated indices add up, and the bits never depend on layout.
         np.add.at(self._values, rows, step)
@@ -370,9 +389,11 @@ class LogisticInRun:
         self._capacity = max(1, min(_MAX_BUFFERED_STEPS, _FLUSH_ELEMENTS // validation.rows))
         self._params = np.empty((self._capacity, validation.width + 1), dtype=np.float64)
         self._batches: list[Any] = []
+        self._sizes: list[int] = []
 
-    def observe(self, batch: Any, weight: Any, bias: Any) -> None:
-        """Buffer one step: ``batch`` (row positions) and the weight and bias before its update.
+    def observe(self, batch: Any, weight: Any, bias: Any, *, batch_size: int | None = None) -> None:
+        """Buffer one step: ``batch`` (row positions) and the weight and bias before its update;
+        ``batch_size`` is the step's global minibatch size when ``batch`` is one shard's part of it.
 
         Called once per step inside the training loop, so it only keeps a reference to ``batch``
         (which must not change afterwards) and copies the weights; everything is checked and
@@ -389,6 +410,7 @@ class LogisticInRun:
                 f"{self._params.shape[1] - 1} features; pass the model's (1, d) weight and (1,) bias"
             ) from exc
         self._batches.append(batch)
+        self._sizes.append(len(batch) if batch_size is None else int(batch_size))
         if k + 1 == self._capacity:
             self.flush()
 
@@ -409,8 +431,9 @@ class LogisticInRun:
         # Each row's logit at its step's weights, then δ_i (a_i·G_W + g_b) for that step's gradient.
         delta = logistic_residual(np.einsum("ij,ij->i", a, at[:, :d]) + at[:, d], self._y[rows])
         dots = delta * (np.einsum("ij,ij->i", a, at[:, d + 1 : -1]) + at[:, -1])
-        self.contributions.add_steps(parts, dots, learning_rate=self._learning_rate)
+        self.contributions.add_steps(parts, dots, learning_rate=self._learning_rate, batch_sizes=self._sizes)
         self._batches.clear()
+        self._sizes.clear()
 
     @property
     def values(self) -> np.ndarray:

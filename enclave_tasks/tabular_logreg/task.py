@@ -14,6 +14,11 @@ minibatch with its first-order contribution to the validation loss,
 regression: ``(σ(z_i) − y_i) · (a_i·G_W + g_b)`` with ``(G_W, g_b)`` the validation gradient at the
 step's weights. The contributions only read the weights: the model bytes are the same with
 ``inrun`` on or off. Weight decay's share of each step belongs to no record and is left out.
+
+Given a ``shard`` (``databright.training.data_parallel.DataShard``), ``x`` and ``y`` are one
+worker's rows of a data-parallel job: the standardisation and every step's gradient are summed over
+the job's workers, so the model is the single-worker model up to the order of additions, and only
+this shard's rows are metered and credited (each at ``η/|global minibatch|``).
 """
 
 from __future__ import annotations
@@ -92,9 +97,11 @@ def train(
     seed: int,
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
+    shard: Any = None,
 ) -> TrainOutput:
     """Train on ``(x, y)``; with ``(x_val, y_val)``, report accuracy on it and (``inrun``) each
-    record's in-run contribution to its loss; without, both are ``None``."""
+    record's in-run contribution to its loss; without, both are ``None``. With ``shard``, train
+    this worker's part of a data-parallel job (see the module docstring)."""
     import torch
 
     x = _features("x", x)
@@ -107,8 +114,14 @@ def train(
     model_cost = int(_setting(config, "model_cost", integer=True))
     inrun = _flag(config, "inrun", default=True)
 
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
+    if shard is not None and shard.rows != n:
+        raise TrainingError(f"tabular_logreg: {shard!r} holds {shard.rows} rows, but x has {n}")
+    if shard is None:
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+    else:
+        mean = shard.all_reduce_sum(x.sum(axis=0)) / shard.global_rows
+        std = np.sqrt(shard.all_reduce_sum(((x - mean) ** 2).sum(axis=0)) / shard.global_rows)
     # A constant column carries no information; dividing by 1 keeps it at 0 instead of NaN.
     std = np.where(std > 0, std, 1.0)
 
@@ -128,7 +141,7 @@ def train(
         torch.manual_seed(seed)
         model = torch.nn.Linear(width, 1, dtype=torch.float64)
         parameters = list(model.parameters())
-        loss_fn = torch.nn.BCEWithLogitsLoss()
+        loss_fn = torch.nn.BCEWithLogitsLoss(reduction="mean" if shard is None else "sum")
         standardised = embed(x)
         inputs = torch.from_numpy(standardised)
         targets = torch.from_numpy(labels)
@@ -142,19 +155,29 @@ def train(
         # numpy views of the parameters: the in-place update below keeps them current, and reading
         # them leaves the model untouched.
         weight_view, bias_view = model.weight.detach().numpy(), model.bias.detach().numpy()
+        rows_total = n if shard is None else shard.global_rows
         for _ in range(epochs):
-            order = shuffler.permutation(n)
-            for start in range(0, n, batch_size):
+            order = shuffler.permutation(rows_total)
+            for start in range(0, rows_total, batch_size):
                 batch = order[start : start + batch_size]
-                meter.record(batch)
-                index = torch.from_numpy(batch)
+                # A shard reads its rows of the global minibatch, perhaps none.
+                local = batch if shard is None else shard.local(batch)
                 for parameter in parameters:
                     parameter.grad = None
-                loss = loss_fn(model(inputs[index]).squeeze(1), targets[index])
-                if inrun_values is not None:
-                    # Before the update: the step is credited at the weights its gradients were taken at.
-                    inrun_values.observe(batch, weight_view, bias_view)
-                loss.backward()
+                if local.size:
+                    meter.record(local)
+                    index = torch.from_numpy(local)
+                    loss = loss_fn(model(inputs[index]).squeeze(1), targets[index])
+                    if inrun_values is not None:
+                        # Before the update: the step is credited at the weights its gradients were
+                        # taken at.
+                        inrun_values.observe(local, weight_view, bias_view, batch_size=len(batch))
+                    loss.backward()
+                if shard is not None:
+                    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
+                    shard.all_reduce_(grads)
+                    for parameter, grad in zip(parameters, grads, strict=True):
+                        parameter.grad = grad.div_(len(batch))
                 with torch.no_grad():
                     for parameter in parameters:
                         # The update torch.optim.SGD makes (no momentum), written out: importing

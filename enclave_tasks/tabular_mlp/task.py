@@ -17,6 +17,11 @@ No per-sample gradient is materialised; the credits are deferred and computed fo
 at once (``_PendingSteps``). The contributions only read the weights (before the step's
 update): the model bytes are the same with ``inrun`` on or off. Weight decay's share of each step
 belongs to no record and is left out.
+
+Given a ``shard`` (``databright.training.data_parallel.DataShard``), ``x`` and ``y`` are one
+worker's rows of a data-parallel job: the standardisation and every step's gradient are summed over
+the job's workers, so the model is the single-worker model up to the order of additions, and only
+this shard's rows are metered and credited (each at ``η/|global minibatch|``).
 """
 
 from __future__ import annotations
@@ -115,9 +120,11 @@ def train(
     seed: int,
     x_val: np.ndarray | None = None,
     y_val: np.ndarray | None = None,
+    shard: Any = None,
 ) -> TrainOutput:
     """Train on ``(x, y)``; with ``(x_val, y_val)``, report accuracy on it and (``inrun``) each
-    record's exact in-run contribution to its loss; without, both are ``None``."""
+    record's exact in-run contribution to its loss; without, both are ``None``. With ``shard``,
+    train this worker's part of a data-parallel job (see the module docstring)."""
     import torch
 
     x = _features("x", x)
@@ -139,8 +146,14 @@ def train(
             f"parameters per sample (hidden × (features + 2) + 1); set model_cost to {touched}"
         )
 
-    mean = x.mean(axis=0)
-    std = x.std(axis=0)
+    if shard is not None and shard.rows != n:
+        raise TrainingError(f"{TASK}: {shard!r} holds {shard.rows} rows, but x has {n}")
+    if shard is None:
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+    else:
+        mean = shard.all_reduce_sum(x.sum(axis=0)) / shard.global_rows
+        std = np.sqrt(shard.all_reduce_sum(((x - mean) ** 2).sum(axis=0)) / shard.global_rows)
     # A constant column carries no information; dividing by 1 keeps it at 0 instead of NaN.
     std = np.where(std > 0, std, 1.0)
 
@@ -171,7 +184,7 @@ def train(
             act = torch.relu(pre)
             return pre, act, layer_out(act).squeeze(1)
 
-        loss_fn = torch.nn.BCEWithLogitsLoss()
+        loss_fn = torch.nn.BCEWithLogitsLoss(reduction="mean" if shard is None else "sum")
         standardised = standardise("x", x)
         inputs = torch.from_numpy(standardised)
         targets = torch.from_numpy(labels)
@@ -189,22 +202,32 @@ def train(
                 contributions,
                 learning_rate,
             )
+        rows_total = n if shard is None else shard.global_rows
         for _ in range(epochs):
-            order = shuffler.permutation(n)
-            for start in range(0, n, batch_size):
+            order = shuffler.permutation(rows_total)
+            for start in range(0, rows_total, batch_size):
                 batch = order[start : start + batch_size]
-                meter.record(batch)
-                index = torch.from_numpy(batch)
+                # A shard reads its rows of the global minibatch, perhaps none.
+                local = batch if shard is None else shard.local(batch)
                 for parameter in parameters:
                     parameter.grad = None
-                rows = inputs[index]
-                pre, act, logits = forward(rows)
-                loss = loss_fn(logits, targets[index])
-                if pending is not None:
-                    # Before the update: the step is credited at the weights its gradients were taken
-                    # at. Its validation gradient is computed later, for many steps in one pass.
-                    pending.add(batch, rows, pre.detach(), act.detach(), logits.detach(), targets[index])
-                loss.backward()
+                if local.size:
+                    meter.record(local)
+                    index = torch.from_numpy(local)
+                    rows = inputs[index]
+                    pre, act, logits = forward(rows)
+                    loss = loss_fn(logits, targets[index])
+                    if pending is not None:
+                        # Before the update: the step is credited at the weights its gradients were
+                        # taken at. Its validation gradient is computed later, for many steps at once.
+                        detached = (pre.detach(), act.detach(), logits.detach())
+                        pending.add(local, rows, *detached, targets[index], len(batch))
+                    loss.backward()
+                if shard is not None:
+                    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in parameters]
+                    shard.all_reduce_(grads)
+                    for parameter, grad in zip(parameters, grads, strict=True):
+                        parameter.grad = grad.div_(len(batch))
                 with torch.no_grad():
                     for parameter in parameters:
                         # The update torch.optim.SGD makes (no momentum), written out: importing
@@ -282,9 +305,12 @@ class _PendingSteps:
         self.chunk = max(1, min(64, self.BUDGET // max(1, int(val_inputs.shape[0]) * hidden)))
         self.steps: list[tuple[Any, ...]] = []
 
-    def add(self, batch: np.ndarray, rows: Any, pre: Any, act: Any, logits: Any, labels: Any) -> None:
+    def add(
+        self, batch: np.ndarray, rows: Any, pre: Any, act: Any, logits: Any, labels: Any, size: int
+    ) -> None:
+        """Buffer a step: its rows (``batch``, this worker's part of a minibatch of ``size`` rows)."""
         weights = tuple(p.detach().clone() for p in self.parameters)  # the update is in place
-        self.steps.append((batch, rows, pre, act, logits, labels, weights))
+        self.steps.append((batch, rows, pre, act, logits, labels, weights, size))
         if len(self.steps) == self.chunk:
             self.flush()
 
@@ -328,7 +354,7 @@ class _PendingSteps:
                 hidden_term = torch.einsum("kbh,kbh->kb", error, hidden_in)
                 both = (output_term + hidden_term).numpy()
                 dots.update({k: both[j] for j, k in enumerate(same)})
-            for k, (batch, rows_k, pre_k, act_k, logits_k, labels_k, _) in enumerate(self.steps):
+            for k, (batch, rows_k, pre_k, act_k, logits_k, labels_k, _, size) in enumerate(self.steps):
                 if k not in dots:
                     delta_k = torch.sigmoid(logits_k) - labels_k
                     error_k = delta_k[:, None] * w2[k] * (pre_k > 0)
@@ -341,5 +367,7 @@ class _PendingSteps:
                         )
                         + ghost_dot(error_k.numpy(), rows_k.numpy(), grad_w1[k].numpy(), grad_b1[k].numpy())
                     )
-                self.contributions.add_dots(batch, dots[k], learning_rate=self.learning_rate)
+                self.contributions.add_steps(
+                    [batch], dots[k], learning_rate=self.learning_rate, batch_sizes=[size]
+                )
         self.steps = []
