@@ -403,15 +403,19 @@ def train(
     trainer: Annotated[str, typer.Option(help="Trainer id whose account pays")],
     task: Annotated[str, typer.Option(help="Enclave task")] = "tabular_logreg",
     seed: Annotated[int, typer.Option(help="Training seed")] = 11,
+    workers: Annotated[int, typer.Option(help="Workers to train on at once (data-parallel)")] = 1,
+    max_price: Annotated[
+        str | None, typer.Option(help="Highest price per work unit to accept, in DBX (e.g. 0.000003)")
+    ] = None,
     period: Annotated[str | None, typer.Option(help="Period the job belongs to (YYYY-MM)")] = None,
 ) -> None:
-    """Train a model on a dataset version in an attested worker of the pool."""
+    """Train a model on a dataset version in attested workers of the pool (``--workers`` at once)."""
     settings = _settings(period)
     _use_prefect(settings)
     from flows.train import TrainConfig, train_flow
 
     name, _, version = dataset.partition("@")
-    job = train_flow(
+    parts = train_flow(
         TrainConfig(
             dataset=name,
             version=int(version.lstrip("v")) if version else None,
@@ -420,11 +424,14 @@ def train(
             trainer=trainer,
             task=task,
             seed=seed,
+            workers=workers,
+            max_price=None if max_price is None else _amount(max_price),
         )
     )
     from databright.render import render_job
 
-    render_job(job, console)
+    for part in parts:
+        render_job(part, console)
 
 
 # --- settlement ---------------------------------------------------------------------------------

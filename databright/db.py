@@ -39,8 +39,9 @@ _SCHEMA_MODULES = (
 
 
 #: Bumped whenever a table changes shape in a way ``CREATE TABLE IF NOT EXISTS`` cannot apply to an
-#: existing file. 2: jobs.budget and jobs.validation_key, allocations keyed by basis too.
-SCHEMA_VERSION = 2
+#: existing file. 2: jobs.budget and jobs.validation_key, allocations keyed by basis too. 3: jobs.shard_rank
+#: and jobs.shard_count (data-parallel parts).
+SCHEMA_VERSION = 3
 
 _SCHEMA_VERSION_DDL = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
 

@@ -99,7 +99,7 @@ def run_demo(
         ingests.append(ingest)
 
     with stage("train on the attested pool") as outcome:
-        job = train_flow(
+        (job,) = train_flow(
             TrainConfig(
                 dataset=DATASET, validation=str(synthetic.validation), payment=PAYMENT, trainer=TRAINER
             )

@@ -11,11 +11,12 @@ from pydantic import BaseModel, Field
 
 from databright.config import Settings
 from databright.datasets import DatasetVersion, Registry
-from databright.market import choose_offer, list_providers
+from databright.errors import NoOfferFits
+from databright.market import list_providers
 from databright.market.pool import LocalPool
 from databright.money import format_amount
-from databright.training.jobs import TrainingJob, job_id_for, refuse_resubmission, submit_job
-from databright.training.service import execute_job, quote_job, validation_digest
+from databright.training.jobs import TrainingJob, job_id_for, refuse_resubmission
+from databright.training.service import train_on_pool, validation_digest
 
 
 class TrainConfig(BaseModel):
@@ -33,6 +34,19 @@ class TrainConfig(BaseModel):
     )
     trainer: str = Field(description="Trainer id whose account pays", min_length=1, max_length=64)
     task: str = Field("tabular_logreg", description="Enclave task to run")
+    workers: int = Field(
+        1,
+        description="Workers to train on at once (data-parallel, torch.distributed): each reads one shard "
+        "of the rows and signs a receipt for it",
+        ge=1,
+        le=64,
+    )
+    max_price: int | None = Field(
+        None, description="Highest price per work unit to accept, in minor units (empty: any)", gt=0
+    )
+    max_attempts: int = Field(
+        2, description="Tries when a worker dies mid-job (each failed try is refunded)", ge=1, le=5
+    )
     seed: int = Field(11, description="Training seed", ge=0)
     request_id: str = Field(
         "",
@@ -47,55 +61,66 @@ def resolve_version(settings: Settings, config: TrainConfig) -> DatasetVersion:
 
 
 @task(cache_policy=NO_CACHE)
-def run_on_pool(settings: Settings, config: TrainConfig, version: DatasetVersion) -> TrainingJob:
+def run_on_pool(settings: Settings, config: TrainConfig, version: DatasetVersion) -> list[TrainingJob]:
     db = settings.exchange_db()
     job_id = job_id_for(
         {
-            # The budget is how the job is paid for, not what is asked: a retry with another budget is
-            # the same request and must not become a second job.
-            **config.model_dump(exclude={"validation", "version", "budget"}),
+            # How the job is paid for and retried is not what is asked: a retry with another budget,
+            # price cap or attempt count is the same request and must not become a second job.
+            **config.model_dump(exclude={"validation", "version", "budget", "max_price", "max_attempts"}),
             "period": settings.period,
             "dataset_version": version.version,
             "validation_sha256": validation_digest(Path(config.validation)),
         }
     )
     refuse_resubmission(db, job_id)  # before the pool starts: a duplicate costs nothing
-    quote = quote_job(settings, version, task=config.task, payment=config.payment)
-    with LocalPool(settings, db, list_providers(db), task=config.task) as pool:
-        offer = choose_offer(pool.offers, quote)
-        job = submit_job(
+    cap = config.max_price
+    providers = [p for p in list_providers(db) if cap is None or p.price_per_unit <= cap]
+    if not providers:
+        raise NoOfferFits(
+            f"no registered provider prices a work unit at or below {config.max_price} minor units; raise "
+            "--max-price or wait for cheaper providers"
+        )
+    with LocalPool(settings, db, providers, task=config.task) as pool:
+        return train_on_pool(
+            settings,
             db,
+            pool,
+            version,
             job_id=job_id,
-            period=settings.period,
             trainer_id=config.trainer,
-            dataset=version.dataset,
-            dataset_version=version.version,
             task=config.task,
             payment=config.payment,
-            provider_id=offer.provider_id,
-            offer_id=offer.offer_id,
             budget=config.budget,
-        )
-        return execute_job(
-            settings, db, pool, offer, job, version, validation=Path(config.validation), seed=config.seed
+            validation=Path(config.validation),
+            seed=config.seed,
+            workers=config.workers,
+            max_attempts=config.max_attempts,
         )
 
 
 @flow(name="train", log_prints=True)
-def train_flow(config: TrainConfig) -> TrainingJob:
+def train_flow(config: TrainConfig) -> list[TrainingJob]:
+    """Train one job; its parts come back, one per worker (a single-worker job has one part)."""
     settings = Settings.from_env().ensure_dirs()
     version = resolve_version(settings, config)
-    job = run_on_pool(settings, config, version)
+    parts = run_on_pool(settings, config, version)
+    lines = "\n".join(
+        f"| `{p.job_id}` | `{p.provider_id}` | {p.work_units:,} | {format_amount(p.payment)} "
+        f"| `{p.receipt_key}` |"
+        for p in parts
+    )
+    first = parts[0]
+    paid = format_amount(sum(p.payment for p in parts))
     create_markdown_artifact(
-        f"### {job.job_id}: {job.status}\n\n"
-        f"trainer `{job.trainer_id}` paid {format_amount(job.payment)} for `{job.task}` on "
-        f"`{job.dataset}@v{job.dataset_version}`; provider `{job.provider_id}` did "
-        f"{job.work_units:,} attested work units;\n\nmodel sha256 `{job.model_digest}`\n\n"
-        f"receipt `{job.receipt_key}`",
-        key=f"train-{job.job_id}",
+        f"### {first.job_id.split('.')[0]}: {len(parts)} worker(s), {first.status}\n\n"
+        f"trainer `{first.trainer_id}` paid {paid} for `{first.task}` on "
+        f"`{first.dataset}@v{first.dataset_version}`; model sha256 `{first.model_digest}`\n\n"
+        "| part | provider | attested work units | payment | receipt |\n|---|---|---|---|---|\n" + lines,
+        key=f"train-{first.job_id.split('.')[0]}",
         description="Training job",
     )
-    return job
+    return parts
 
 
 if __name__ == "__main__":

@@ -38,13 +38,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at      TIMESTAMPTZ NOT NULL,
     validation_key  VARCHAR,                                -- the trainer's validation file, archived
     budget          HUGEINT NOT NULL,                       -- minor units escrowed; the rest is refunded
-    CHECK (budget >= payment)
+    shard_rank      INTEGER NOT NULL DEFAULT 0,             -- this part's shard of a data-parallel job
+    shard_count     INTEGER NOT NULL DEFAULT 1,             -- the job's workers (1: not data-parallel)
+    CHECK (budget >= payment),
+    CHECK (shard_count >= 1 AND shard_rank >= 0 AND shard_rank < shard_count)
 );
 """
 
 _COLUMNS = (
     "job_id, period, trainer_id, dataset, dataset_version, task, payment, budget, provider_id, offer_id, "
-    "status, receipt_key, model_key, model_digest, work_units, error, validation_key"
+    "status, receipt_key, model_key, model_digest, work_units, error, validation_key, shard_rank, shard_count"
 )
 
 
@@ -67,6 +70,9 @@ class TrainingJob:
     work_units: int | None = None
     error: str | None = None
     validation_key: str | None = None
+    # Part ``shard_rank`` of a job trained on ``shard_count`` workers (``training.parts``).
+    shard_rank: int = 0
+    shard_count: int = 1
 
 
 def _row_to_job(row: tuple[object, ...]) -> TrainingJob:
@@ -122,8 +128,9 @@ def submit_job(
     provider_id: str,
     offer_id: str,
     budget: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> TrainingJob:
-    """Write the job, then escrow its budget (``payment`` when not given); a trainer who cannot pay
+    """Write the job (``shard``: part (rank, count) of a data-parallel job), then escrow its budget (``payment`` when not given); a trainer who cannot pay
     leaves a ``failed`` job. Settlement charges ``payment`` and refunds the rest of the budget."""
     refuse_resubmission(db, job_id)
     from databright.ledger import escrow_job_payment
@@ -149,10 +156,12 @@ def submit_job(
         offer_id=offer_id,
         budget=budget,
         status="submitted",
+        shard_rank=shard[0],
+        shard_count=shard[1],
     )
     with db.transaction() as con:
         con.execute(
-            f"INSERT INTO jobs ({_COLUMNS}, created_at) VALUES ({', '.join(['?'] * 18)})",
+            f"INSERT INTO jobs ({_COLUMNS}, created_at) VALUES ({', '.join(['?'] * 20)})",
             [
                 job.job_id,
                 period,
@@ -171,6 +180,8 @@ def submit_job(
                 None,
                 None,
                 None,
+                shard[0],
+                shard[1],
                 dt.datetime.now(dt.UTC),
             ],
         )

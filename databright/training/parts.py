@@ -98,6 +98,7 @@ def submit_attempt(
                     provider_id=offer.provider_id,
                     offer_id=offer.offer_id,
                     budget=budgets[rank],
+                    shard=(rank, world),
                 )
             )
     except DatabrightError:

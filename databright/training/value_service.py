@@ -127,6 +127,9 @@ def value_job(
                 attestation_result_id=member.attestation.result_id,
                 assurance=member.attestation.assurance,
                 output_dir=str(out),
+                # A part of a data-parallel job is valued on its shard, the rows its receipt covers.
+                shard_rank=job.shard_rank,
+                shard_count=job.shard_count,
             ),
             model_file=str(model),
             model_digest=job.model_digest,

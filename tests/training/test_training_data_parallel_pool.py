@@ -184,3 +184,25 @@ def test_a_job_that_loses_a_worker_with_no_spare_fails_cleanly_with_a_refund(exc
     assert not any(p.receipt_key for p in parts)
     assert balance(exchange.db, ACCOUNT) == before
     assert verify_ledger(exchange.db).ok
+
+
+def test_the_period_values_and_settles_every_completed_part_once(exchange: Exchange) -> None:
+    from databright.settlement.period import settle_period
+    from flows.value import ValueConfig, value_period
+
+    value_period.fn(exchange.settings, ValueConfig(period=PERIOD))
+    settings, db = exchange.settings, exchange.db
+    settlement = settle_period(
+        db, settings.object_store(), period=PERIOD, policy=settings.allocation_policy(),
+        verify=settings.receipt_verifier(db), verify_valuation=settings.valuation_verifier(db),
+        intake=settings.receipt_intake(db), statements_dir=settings.statements_dir,
+    )  # fmt: skip
+    completed = {job.job_id: job for job in list_jobs(db) if job.status == "completed"}
+    assert {job.job_id for job in settlement.jobs} == set(completed)
+    parts = {"job-two.t1.1of2", "job-two.t1.2of2", "job-killed.t2.1of2", "job-killed.t2.2of2"}
+    assert parts <= set(completed)
+    # Each part pays its own worker's provider for the work units its receipt attests.
+    for job in settlement.jobs:
+        assert job.provider_id == completed[job.job_id].provider_id
+    assert settlement.state == "posted"
+    assert verify_ledger(db).ok
