@@ -367,16 +367,87 @@ def worker_register(
     )
 
 
+@worker_app.command("start")
+@reports_errors
+def worker_start(
+    provider: Annotated[str, typer.Option(help="Provider id")],
+    price: Annotated[str, typer.Option(help="Price per attested work unit in DBX, e.g. 0.000003")],
+    capacity: Annotated[int, typer.Option(help="Most work units one job may use", min=1)],
+    pool: Annotated[str, typer.Option(help="Prefect process work pool to serve")] = "databright-providers",
+    task: Annotated[str, typer.Option(help="Enclave task the worker is attested for")] = "tabular_logreg",
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats", min=0.2)] = 2.0,
+    prefect_worker: Annotated[
+        bool, typer.Option(help="Run a Prefect worker on the pool (it runs the train deployment)")
+    ] = True,
+) -> None:
+    """Attest this machine's worker, open its offer and serve the pool until stopped (Ctrl-C)."""
+    from databright.market import Provider
+    from databright.market.agent import ProviderAgent
+
+    settings = _settings()
+    agent = ProviderAgent(
+        settings,
+        Provider(provider, _amount(price), capacity),
+        pool=pool,
+        task=task,
+        heartbeat_s=heartbeat,
+        prefect_worker=prefect_worker,
+    )
+    try:
+        record = agent.start()
+    except BaseException:
+        agent.stop()
+        raise
+    console.print(
+        f"provider {provider}: offer {record.offer_id} open on pool {pool} for {task} "
+        f"(attestation {record.attestation_result_id[:16]}…, agent pid {record.pid}, "
+        f"listening on {record.address[0]}:{record.address[1]}); stop with "
+        f"`databright worker stop --provider {provider} --pool {pool}`"
+    )
+    agent.serve_forever()
+    console.print(f"provider {provider}: stopped, offer {record.offer_id} withdrawn")
+
+
+@worker_app.command("stop")
+@reports_errors
+def worker_stop(
+    provider: Annotated[str, typer.Option(help="Provider id")],
+    pool: Annotated[str, typer.Option(help="Work pool it serves")] = "databright-providers",
+) -> None:
+    """Stop a provider's agent (SIGINT to its pid): its offer is withdrawn, its worker stopped."""
+    from databright.market.agent import stop_agent
+
+    pid = stop_agent(_settings(), pool, provider)
+    console.print(f"provider {provider}: agent {pid} stopped")
+
+
 @worker_app.command("list")
 @reports_errors
-def worker_list() -> None:
-    """Registered providers and the offers their attested workers opened."""
+def worker_list(
+    pool: Annotated[str, typer.Option(help="Work pool whose agents to show")] = "databright-providers",
+) -> None:
+    """Providers, their offers (with assurance), live agents and the work each provider did."""
     from databright.market import list_offers, list_providers
+    from databright.market.remote_pool import agent_records, lost
+    from databright.training.jobs import list_jobs
 
-    db = _settings().exchange_db()
-    providers = Table("provider", "price / work unit", "capacity", "tee type")
+    settings = _settings()
+    db = settings.exchange_db()
+    providers = Table(
+        "provider", "price / work unit", "capacity", "tee type", "jobs", "work units", "last job"
+    )
+    jobs = list_jobs(db)
     for p in list_providers(db):
-        providers.add_row(p.provider_id, format_amount(p.price_per_unit), f"{p.capacity:,}", p.tee_type)
+        done = [j for j in jobs if j.provider_id == p.provider_id and j.status == "completed"]
+        providers.add_row(
+            p.provider_id,
+            format_amount(p.price_per_unit),
+            f"{p.capacity:,}",
+            p.tee_type,
+            str(len(done)),
+            f"{sum(j.work_units or 0 for j in done):,}",
+            done[-1].job_id if done else "-",
+        )
     console.print(providers)
     offers = Table("offer", "provider", "assurance", "session key", "attestation", "status")
     for o in list_offers(db):
@@ -389,6 +460,20 @@ def worker_list() -> None:
             o.status,
         )
     console.print(offers)
+    agents = Table("agent", "pool", "task", "pid", "offer", "heartbeat", "state", "jobs run")
+    for record in agent_records(settings, pool):
+        why = lost(record)
+        agents.add_row(
+            record.provider_id,
+            record.pool,
+            record.task,
+            str(record.pid),
+            record.offer_id,
+            f"{record.age_s():.1f} s ago",
+            "live" if why is None else f"lost: {why}",
+            str(record.jobs_run),
+        )
+    console.print(agents)
 
 
 # --- training -----------------------------------------------------------------------------------

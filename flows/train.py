@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from prefect import flow, task
@@ -14,6 +15,7 @@ from databright.datasets import DatasetVersion, Registry
 from databright.errors import NoOfferFits
 from databright.market import list_providers
 from databright.market.pool import LocalPool
+from databright.market.remote_pool import RemotePool
 from databright.money import format_amount
 from databright.training.jobs import TrainingJob, job_id_for, refuse_resubmission
 from databright.training.service import train_on_pool, validation_digest
@@ -43,6 +45,11 @@ class TrainConfig(BaseModel):
     )
     max_price: int | None = Field(
         None, description="Highest price per work unit to accept, in minor units (empty: any)", gt=0
+    )
+    pool: str = Field(
+        "",
+        description="Work pool whose provider agents run the job (`databright worker start --pool`); "
+        "empty: start and attest the registered providers' workers for this run only",
     )
     max_attempts: int = Field(
         2, description="Tries when a worker dies mid-job (each failed try is refunded)", ge=1, le=5
@@ -75,13 +82,17 @@ def run_on_pool(settings: Settings, config: TrainConfig, version: DatasetVersion
     )
     refuse_resubmission(db, job_id)  # before the pool starts: a duplicate costs nothing
     cap = config.max_price
-    providers = [p for p in list_providers(db) if cap is None or p.price_per_unit <= cap]
-    if not providers:
-        raise NoOfferFits(
-            f"no registered provider prices a work unit at or below {config.max_price} minor units; raise "
-            "--max-price or wait for cheaper providers"
-        )
-    with LocalPool(settings, db, providers, task=config.task) as pool:
+    if config.pool:
+        pool: LocalPool | RemotePool = RemotePool(settings, db, config.pool, task=config.task)
+    else:
+        providers = [p for p in list_providers(db) if cap is None or p.price_per_unit <= cap]
+        if not providers:
+            raise NoOfferFits(
+                f"no registered provider prices a work unit at or below {cap} minor units; raise "
+                "--max-price or wait for cheaper providers"
+            )
+        pool = LocalPool(settings, db, providers, task=config.task)
+    with pool:
         return train_on_pool(
             settings,
             db,
@@ -96,7 +107,26 @@ def run_on_pool(settings: Settings, config: TrainConfig, version: DatasetVersion
             seed=config.seed,
             workers=config.workers,
             max_attempts=config.max_attempts,
+            max_price=cap,
         )
+
+
+def deploy_train(work_pool: str, *, name: str = "train") -> str:
+    """Deploy ``train`` to a process work pool (the provider agents' Prefect workers run it) from this
+    checkout; return the deployment id. A run's parameters are one ``TrainConfig`` (``config``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from databright.config import PROJECT_ROOT
+
+    # The agents' Prefect workers create the pool when they start; the deployment may come first.
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"))
+    deployment_id = train_flow.from_source(  # type: ignore[attr-defined]
+        source=str(PROJECT_ROOT), entrypoint="flows/train.py:train_flow"
+    ).deploy(name=name, work_pool_name=work_pool, build=False, push=False, print_next_steps=False)
+    return str(deployment_id)
 
 
 @flow(name="train", log_prints=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from databright.config import Settings
 from databright.crypto import PublicKey
@@ -35,6 +35,60 @@ class PoolMember:
     offer: Offer
     attestation: AttestationResult
     kex_envelope: dict[str, Any]  # the session's X25519 key, signed by its attested session key
+
+
+class WorkerPool(Protocol):
+    """What running a job needs of a pool: ``LocalPool`` (workers started for one run) or
+    ``remote_pool.RemotePool`` (the provider agents of a work pool)."""
+
+    @property
+    def offers(self) -> list[Offer]: ...
+
+    def member(self, offer: Offer) -> PoolMember: ...
+
+    def alive(self, offer: Offer) -> bool: ...
+
+    def retire(self, offer: Offer) -> None: ...
+
+    def run(self, offer: Offer, spec: JobSpec) -> JobOutcome: ...
+
+    def value(self, offer: Offer, spec: ValueSpec) -> ValueOutcome: ...
+
+
+def attest_and_offer(
+    db: ExchangeDB, verifier: SimulatedVerifier, provider: Provider, worker: WorkerProcess, task: str
+) -> PoolMember:
+    """Appraise a started worker's session for ``task`` and open the provider's offer under the result.
+
+    The verifier issues a fresh nonce; the worker binds its session key and the nonce into evidence;
+    only an appraised session publishes its key-exchange key, and only then is the offer opened —
+    no offer without an attested session and a key to release data to.
+    """
+    nonce = verifier.issue_nonce()
+    evidence = worker.attest(task, nonce)
+    assert worker.session_public_key is not None
+    result, _ = verifier.appraise(
+        evidence,
+        session_public_key=PublicKey.from_hex(worker.session_public_key),
+        nonce=nonce,
+        task=task,
+        provider_id=provider.provider_id,
+    )
+    kex = worker.publish_kex(result.result_id)
+    offer = open_offer(
+        db,
+        Offer(
+            offer_id=f"offer-{result.result_id.removeprefix('ar-')[:16]}",
+            provider_id=provider.provider_id,
+            session_public_key=result.session_public_key,
+            attestation_result_id=result.result_id,
+            assurance=result.assurance,
+            price_per_unit=provider.price_per_unit,
+            capacity=provider.capacity,
+            status="open",
+        ),
+    )
+    return PoolMember(provider, offer, result, kex)
 
 
 class LocalPool:
@@ -77,31 +131,8 @@ class LocalPool:
         verifier = SimulatedVerifier.from_settings(self.settings, self.db, self.settings.object_store())
         for provider in self.providers:
             worker = self._workers[provider.provider_id]
-            nonce = verifier.issue_nonce()
-            evidence = worker.attest(self.task, nonce)
-            assert worker.session_public_key is not None
-            result, _ = verifier.appraise(
-                evidence,
-                session_public_key=PublicKey.from_hex(worker.session_public_key),
-                nonce=nonce,
-                task=self.task,
-                provider_id=provider.provider_id,
-            )
-            kex = worker.publish_kex(result.result_id)  # before the offer opens: no offer without a key
-            offer = open_offer(
-                self.db,
-                Offer(
-                    offer_id=f"offer-{result.result_id.removeprefix('ar-')[:16]}",
-                    provider_id=provider.provider_id,
-                    session_public_key=result.session_public_key,
-                    attestation_result_id=result.result_id,
-                    assurance=result.assurance,
-                    price_per_unit=provider.price_per_unit,
-                    capacity=provider.capacity,
-                    status="open",
-                ),
-            )
-            self.members[provider.provider_id] = PoolMember(provider, offer, result, kex)
+            member = attest_and_offer(self.db, verifier, provider, worker, self.task)
+            self.members[provider.provider_id] = member
 
     @property
     def offers(self) -> list[Offer]:

@@ -130,8 +130,9 @@ def submit_job(
     budget: int | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> TrainingJob:
-    """Write the job (``shard``: part (rank, count) of a data-parallel job), then escrow its budget (``payment`` when not given); a trainer who cannot pay
-    leaves a ``failed`` job. Settlement charges ``payment`` and refunds the rest of the budget."""
+    """Write the job (``shard``: part (rank, count) of a data-parallel job), then escrow its budget
+    (``payment`` when not given); a trainer who cannot pay leaves a ``failed`` job. Settlement
+    charges ``payment`` and refunds the rest of the budget."""
     refuse_resubmission(db, job_id)
     from databright.ledger import escrow_job_payment
 

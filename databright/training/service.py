@@ -25,7 +25,7 @@ from databright.db import ExchangeDB
 from databright.errors import DatabrightError, IntegrityError, NoOfferFits, TrainingError
 from databright.market.allocation import Quote, choose_offers
 from databright.market.offers import Offer
-from databright.market.pool import LocalPool
+from databright.market.pool import WorkerPool
 from databright.provenance.record import record_training
 from databright.training.jobs import Completion, TrainingJob, complete_jobs
 from databright.training.parts import Attempt, fail_attempt, submit_attempt
@@ -72,7 +72,7 @@ def quote_job(
 def execute_job(
     settings: Settings,
     db: ExchangeDB,
-    pool: LocalPool,
+    pool: WorkerPool,
     offer: Offer,
     job: TrainingJob,
     version: DatasetVersion,
@@ -95,7 +95,7 @@ def execute_job(
 def execute_attempt(
     settings: Settings,
     db: ExchangeDB,
-    pool: LocalPool,
+    pool: WorkerPool,
     attempt: Attempt,
     version: DatasetVersion,
     *,
@@ -196,7 +196,7 @@ def free_rendezvous() -> str:
         return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def run_parts(pool: LocalPool, offers: Sequence[Offer], specs: Sequence[JobSpec]) -> list[JobOutcome]:
+def run_parts(pool: WorkerPool, offers: Sequence[Offer], specs: Sequence[JobSpec]) -> list[JobOutcome]:
     """Run each spec on its offer's worker, all at once, and wait for every one.
 
     When parts fail, the error raised is that of a worker that died if there is one (the others
@@ -217,7 +217,7 @@ def run_parts(pool: LocalPool, offers: Sequence[Offer], specs: Sequence[JobSpec]
 def train_on_pool(
     settings: Settings,
     db: ExchangeDB,
-    pool: LocalPool,
+    pool: WorkerPool,
     version: DatasetVersion,
     *,
     job_id: str,
@@ -229,6 +229,7 @@ def train_on_pool(
     seed: int,
     workers: int = 1,
     max_attempts: int = 2,
+    max_price: int | None = None,
     overrides: dict[str, object] | None = None,
     now: dt.datetime | None = None,
 ) -> list[TrainingJob]:
@@ -243,7 +244,8 @@ def train_on_pool(
     failures: list[str] = []
     for number in range(1, max_attempts + 1):
         try:
-            offers = choose_offers(pool.offers, quote, workers)
+            priced = [o for o in pool.offers if max_price is None or o.price_per_unit <= max_price]
+            offers = choose_offers(priced, quote, workers)
         except NoOfferFits as exc:
             if not failures:
                 raise

@@ -204,7 +204,7 @@ class _Session:
         return outcome
 
 
-def _failure(exc: BaseException) -> tuple[str, str, str, str, dict[str, Any]]:
+def failure_reply(exc: BaseException) -> tuple[str, str, str, str, dict[str, Any]]:
     """An exception as its class name, message, traceback text and picklable context."""
     message = exc.message if isinstance(exc, DatabrightError) else str(exc)
     context: dict[str, Any] = {}
@@ -231,7 +231,7 @@ def _child_main(
             provider_id, Path(platform_key_path), endorsement, Path(enclave_tasks_dir), attester_factory
         )
     except BaseException as exc:
-        conn.send(_failure(exc))
+        conn.send(failure_reply(exc))
         conn.close()
         return
     conn.send(("ok", session.key.public_key.hex))
@@ -257,12 +257,12 @@ def _child_main(
                 raise TrainingError(f"unknown worker command {command!r}; use attest, kex, run, value, stop")
         except (Exception, SystemExit) as exc:
             # SystemExit too: task code calling sys.exit() is a failed job, not a reason to die.
-            conn.send(_failure(exc))
+            conn.send(failure_reply(exc))
         else:
             conn.send(("ok", result))
 
 
-def _rebuild_error(
+def rebuild_error(
     provider_id: str, command: str, name: str, message: str, tb: str, context: dict[str, Any]
 ) -> DatabrightError:
     cls = getattr(errors, name, None)
@@ -475,7 +475,7 @@ class WorkerProcess:
         if message[0] == "ok":
             return message[1]
         _, name, text, tb, context = message
-        error = _rebuild_error(self.provider_id, command, name, text, tb, context)
+        error = rebuild_error(self.provider_id, command, name, text, tb, context)
         if command == "start":
             self._kill()
         raise error
