@@ -11,6 +11,12 @@ send and what the trainer validates on:
 * the trainer's validation file — clean rows drawn from the same distribution.
 
 Everything is a pure function of the seed, so two runs produce byte-identical files.
+
+Also here, for the image tasks: ``bar_images`` — small grey-level images, each a bright bar on a
+noisy background, labelled by the bar's direction (horizontal 1, vertical 0), as a table of pixel
+columns in row-major order (``pixel_columns``: ``p00`` … ``p77`` for 8 × 8, the ``image-8x8-v1``
+contract) plus ``label``. The label is learnable from local patterns only (a 3 × 3 filter sees a
+bar's direction wherever the bar lies), not from any single pixel.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 FEATURES = tuple(f"f{i}" for i in range(8))
 
@@ -99,3 +106,41 @@ def make_period(
         planted_duplicates={"carol": copied_rows},
         planted_bad_rows={"bob": len(bad_labels)},
     )
+
+
+def pixel_columns(height: int = 8, width: int = 8) -> tuple[str, ...]:
+    """Column names of a ``height`` × ``width`` image's pixels in row-major order: ``p{row}{column}``,
+    each index zero-padded to the digits of the longer side (``p00`` … ``p77`` for 8 × 8)."""
+    if min(height, width) < 1:
+        raise ValueError(f"an image needs at least one row and one column, got {height} × {width}")
+    digits = len(str(max(height, width) - 1))
+    return tuple(f"p{r:0{digits}d}{c:0{digits}d}" for r in range(height) for c in range(width))
+
+
+def bar_images(n: int, *, seed: int, height: int = 8, width: int = 8, noise: float = 0.25) -> pd.DataFrame:
+    """``n`` grey-level images, pixels in ``[0, 1]`` rounded to 4 decimals, and a 0/1 ``label``.
+
+    Each image is uniform noise in ``[0, noise]`` with one bright bar (intensity 0.6–1.0 added,
+    clipped at 1) at a random row (``label`` 1, horizontal) or column (0, vertical), covering a
+    random run of at least half that side. Labels are drawn with probability 1/2 each. A pure
+    function of the arguments.
+    """
+    if n < 0 or min(height, width) < 2 or not 0.0 <= noise <= 1.0:
+        raise ValueError(
+            f"bar_images needs n >= 0, images of at least 2 × 2 and noise within [0, 1]; got n={n}, "
+            f"{height} × {width}, noise={noise}"
+        )
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, noise, size=(n, height, width))
+    labels = rng.integers(0, 2, size=n)
+    for image, horizontal in zip(images, labels.tolist(), strict=True):
+        # A horizontal bar lies along a row: draw it in the transposed view of the image.
+        view = image if horizontal else image.T
+        side = view.shape[1]
+        length = int(rng.integers(-(-side // 2), side + 1))
+        start = int(rng.integers(0, side - length + 1))
+        view[int(rng.integers(0, view.shape[0])), start : start + length] += rng.uniform(0.6, 1.0)
+    pixels = np.clip(images, 0.0, 1.0).round(4).reshape(n, height * width)
+    frame = pd.DataFrame(pixels, columns=list(pixel_columns(height, width)))
+    frame["label"] = labels.astype(np.int64)
+    return frame

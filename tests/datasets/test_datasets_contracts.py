@@ -130,7 +130,7 @@ def test_tabular_text_v1_checks_text_with_a_set_and_regular_expressions(settings
     assert (
         rules[("expect_column_values_to_not_match_regex", "comment")]["regex"] == "[\\u0000-\\u001f\\u007f]"
     )
-    assert sorted(available_kinds(settings.contracts_dir))[:2] == ["tabular-text-v1", "tabular-v1"]
+    assert {"tabular-text-v1", "tabular-v1"} <= set(available_kinds(settings.contracts_dir))
     assert contract.to_dict() == {
         "kind": "tabular-text-v1",
         "digest": contract.digest,
