@@ -1,11 +1,14 @@
-"""Helpers for the training tests: a separable dataset and a registered-looking version on disk,
-plain (for ``run_job`` in-process) or sealed with a key release (for a worker process)."""
+"""Helpers for the training tests: a separable dataset (or synthetic images) and a registered-looking
+version on disk, plain (for ``run_job`` in-process) or sealed with a key release (for a worker process)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,15 +16,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from databright.config import PROJECT_ROOT
-from databright.crypto import PublicKey, digest_file, merkle_root_hex, open_envelope
+from databright.config import PROJECT_ROOT, Settings
+from databright.crypto import PublicKey, SigningKey, digest_file, merkle_root_hex, open_envelope
 from databright.datasets.canonical import record_ids
-from databright.datasets.contracts import Schema
-from databright.training.spec import JobSpec
+from databright.datasets.contracts import Schema, load_contract
+from databright.datasets.synthetic import bar_images
+from databright.db import ExchangeDB
+from databright.training.runner import run_job
+from databright.training.spec import JobOutcome, JobSpec
 from databright.trust.kex import KEX_KEY_TYPE, KeyRelease, wrap_to_session
 from databright.trust.sealing import DataKey, SealedShard, data_key_id, seal_version_files
 
 ENCLAVE_TASKS = PROJECT_ROOT / "enclave_tasks"
+IMAGE_SCHEMA = load_contract(PROJECT_ROOT / "data_contracts", "image-8x8-v1").schema
 FEATURES = [f"f{i}" for i in range(8)]
 SCHEMA = Schema.from_dict(
     {
@@ -44,6 +51,48 @@ def separable(rng: np.random.Generator, n: int) -> pd.DataFrame:
     return frame
 
 
+def images(rng: np.random.Generator, n: int) -> pd.DataFrame:
+    """``n`` 8 × 8 bar images (``image-8x8-v1``), seeded from ``rng``."""
+    return bar_images(n, seed=int(rng.integers(2**32)))
+
+
+def load_state(model_state: bytes) -> dict[str, Any]:
+    """A task's model state (``TrainOutput.model_state``) as the state dict it saved."""
+    import torch
+
+    return torch.load(io.BytesIO(model_state), weights_only=True)
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread, as the tasks train, restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_reproducible(
+    task: Any, config: dict[str, Any], seed: int, x: Any, y: Any, xv: Any, yv: Any
+) -> Any:
+    """The same inputs and seed give the same model bytes and contributions, another seed another
+    model, and in-run valuation (which only reads the weights) leaves the bytes alone. Returns the
+    first run's output."""
+    first = task.train(x, y, config, seed, x_val=xv, y_val=yv)
+    second = task.train(x, y, config, seed, x_val=xv, y_val=yv)
+    assert first.model_state == second.model_state
+    assert first.contributions is not None and second.contributions is not None
+    assert first.contributions.tobytes() == second.contributions.tobytes()
+    assert task.train(x, y, config, seed + 1).model_state != first.model_state
+    off = task.train(x, y, {**config, "inrun": False}, seed, x_val=xv, y_val=yv)
+    assert off.model_state == first.model_state and off.contributions is None
+    return first
+
+
 @dataclass(frozen=True)
 class JobData:
     files: tuple[Path, ...]
@@ -51,6 +100,7 @@ class JobData:
     merkle_root: str
     validation: pd.DataFrame
     validation_path: Path
+    schema: Schema = SCHEMA
 
     def spec(self, output_dir: Path, **changes: Any) -> JobSpec:
         base = JobSpec(
@@ -63,7 +113,7 @@ class JobData:
             dataset_version=1,
             data_files=tuple(str(p) for p in self.files),
             expected_merkle_root=self.merkle_root,
-            schema=SCHEMA.to_dict(),
+            schema=self.schema.to_dict(),
             validation_file=str(self.validation_path),
             config={"epochs": 5},
             seed=11,
@@ -140,15 +190,115 @@ def write_version(folder: Path, frame: pd.DataFrame, split: int) -> tuple[Path, 
     return first, second
 
 
-def build_job_data(folder: Path, n: int = 120, n_val: int = 60, seed: int = 3) -> JobData:
-    """A version of ``n`` rows owned by alice (1/2), bob (1/3) and carol, in two Parquet files."""
+def build_job_data(
+    folder: Path,
+    n: int = 120,
+    n_val: int = 60,
+    seed: int = 3,
+    *,
+    draw: Callable[[np.random.Generator, int], pd.DataFrame] = separable,
+    schema: Schema = SCHEMA,
+) -> JobData:
+    """A version of ``n`` rows (from ``draw``, in ``schema``'s columns) owned by alice (1/2), bob (1/3)
+    and carol, in two Parquet files, and ``n_val`` validation rows."""
     rng = np.random.default_rng(seed)
-    frame = separable(rng, n)
-    frame["record_id"] = record_ids(frame, SCHEMA)
+    frame = draw(rng, n)
+    frame["record_id"] = record_ids(frame, schema)
     frame["owner"] = ["alice"] * (n // 2) + ["bob"] * (n // 3) + ["carol"] * (n - n // 2 - n // 3)
     files = write_version(folder / "version", frame, split=70 * n // 120)
     root = merkle_root_hex([bytes.fromhex(i) for i in frame["record_id"]])
-    validation = separable(rng, n_val)
+    validation = draw(rng, n_val)
     validation_path = folder / "validation.csv"
     validation.to_csv(validation_path, index=False)
-    return JobData(files, frame, root, validation, validation_path)
+    return JobData(files, frame, root, validation, validation_path, schema)
+
+
+def reference_sgd(
+    model: Any,
+    inputs: Any,
+    targets: Any,
+    val_inputs: Any,
+    val_targets: Any,
+    config: dict[str, Any],
+    seed: int,
+) -> np.ndarray:
+    """A task's training loop rebuilt from torch's layers: SGD with weight decay on the mean binary
+    cross-entropy of ``model`` (rows → one logit each), the job's batches, and every record's in-run
+    contribution from ``torch.func`` per-sample gradients dotted with the autograd validation
+    gradient. Trains ``model`` in place and returns the contributions."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+    def sample_loss(params: dict[str, Any], row: Any, label: Any) -> Any:
+        return bce(functional_call(model, params, (row[None],))[0, 0], label)
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
+    lr, decay, size = config["learning_rate"], config["weight_decay"], config["batch_size"]
+    n = inputs.shape[0]
+    values = np.zeros(n)
+    shuffler = np.random.default_rng(seed)
+    for _ in range(config["epochs"]):
+        order = shuffler.permutation(n)
+        for start in range(0, n, size):
+            batch = order[start : start + size]
+            index = torch.from_numpy(batch)
+            params = {k: v.detach() for k, v in model.named_parameters()}
+            grads = per_sample(params, inputs[index], targets[index])
+            val_loss = bce(model(val_inputs).squeeze(1), val_targets)
+            val_grads = torch.autograd.grad(val_loss, list(model.parameters()))
+            dots = sum(
+                (g.reshape(len(batch), -1) @ v.reshape(-1)).numpy()
+                for g, v in zip(grads.values(), val_grads, strict=True)
+            )
+            np.add.at(values, batch, lr / len(batch) * dots)
+            model.zero_grad()
+            bce(model(inputs[index]).squeeze(1), targets[index]).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    assert p.grad is not None
+                    p.add_(p.grad.add(p, alpha=decay), alpha=-lr)
+    return values
+
+
+def in_process_job(job_data: JobData, output_dir: Path, task: str, config: dict[str, Any]) -> JobOutcome:
+    """``run_job`` of ``task`` on the job data in this process, under a throwaway session key."""
+    return run_job(
+        job_data.spec(output_dir, task=task, config=config),
+        SigningKey.from_seed(b"session"),
+        sequence=0,
+        previous_receipt_digest=None,
+        measurement="ab" * 32,
+        enclave_tasks_dir=ENCLAVE_TASKS,
+    )
+
+
+def pool_job(
+    settings: Settings, db: ExchangeDB, job_data: JobData, workspace: Path, task: str, config: dict[str, Any]
+) -> tuple[Any, Any]:
+    """A sealed job of ``task`` on an attested ``LocalPool`` of one provider: the pool appraises the
+    worker against the repository's policy (so the task's measurement must be pinned there), the
+    data keys are released to the worker's session. Returns the job's outcome and the attestation
+    result it ran under."""
+    from databright.market import Provider, list_providers, register_provider
+    from databright.market.pool import LocalPool
+
+    register_provider(db, Provider("prov-1", price_per_unit=3, capacity=50_000_000))
+    with LocalPool(settings, db, list_providers(db), task=task) as pool:
+        (offer,) = pool.offers
+        member = pool.member(offer)
+        result = member.attestation
+        sealed = seal_job_data(job_data, workspace / "workspace")
+        release = sealed.release(
+            member.kex_envelope, result.session_public_key, result_id=result.result_id, task=task
+        )
+        spec = sealed.spec(
+            job_data,
+            workspace / "out",
+            release,
+            attestation_result_id=result.result_id,
+            assurance=result.assurance,
+            config=config,
+        )
+        return pool.run(offer, spec), result
