@@ -5,14 +5,13 @@ contributions to rounding; shards, part ids and exact payment splits; choosing s
 from __future__ import annotations
 
 import io
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from training_fixtures import ENCLAVE_TASKS, FEATURES, separable
+from training_fixtures import ENCLAVE_TASKS, FEATURES, BarrierSum, separable
 
 from databright.errors import NoOfferFits, TrainingError
 from databright.market import Offer, Quote, choose_offers
@@ -21,25 +20,6 @@ from databright.training.data_parallel import DataShard, Rendezvous, shard_bound
 from databright.training.parts import part_id, split_amount
 
 TOLERANCE = 1e-9
-
-
-class BarrierSum:
-    """``reduce`` for ``world`` threads: each deposits its array, and every one gets the sum."""
-
-    def __init__(self, world: int) -> None:
-        self.world = world
-        self.barrier = threading.Barrier(world)
-        self.slots: list[Any] = [None] * world
-
-    def for_rank(self, rank: int):  # type: ignore[no-untyped-def]
-        def reduce(array: np.ndarray) -> None:
-            self.slots[rank] = array.copy()
-            self.barrier.wait()
-            total = np.sum(self.slots, axis=0)
-            self.barrier.wait()  # everyone has read the slots before the next collective fills them
-            array[...] = total
-
-        return reduce
 
 
 def _state(out: Any) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ attested local pool."""
 from __future__ import annotations
 
 import math
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from training_fixtures import (
     ENCLAVE_TASKS,
+    BarrierSum,
     JobData,
     assert_reproducible,
     in_process_job,
@@ -187,55 +188,24 @@ def test_inrun_contributions_match_per_sample_autograd(task) -> None:
     np.testing.assert_allclose(out.contributions, expected, rtol=0, atol=1e-10)
 
 
-class ThreadAllReduce:
-    """An all-reduce for ranks that are threads of one process: each rank deposits its array and
-    waits for the others, then every rank takes the same sum (added in rank order, so the ranks get
-    the same bits, as gloo's all-reduce gives every worker the same result)."""
-
-    def __init__(self, world_size: int) -> None:
-        self.barrier = threading.Barrier(world_size, timeout=60)
-        self.slots: list[np.ndarray | None] = [None] * world_size
-
-    def reduce_for(self, rank: int) -> Any:
-        def reduce(array: np.ndarray) -> None:
-            self.slots[rank] = array.copy()
-            self.barrier.wait()
-            parts = [s for s in self.slots if s is not None]
-            total = parts[0].copy()
-            for part in parts[1:]:
-                total += part
-            self.barrier.wait()  # no rank deposits its next array before every rank has summed this one
-            array[...] = total
-
-        return reduce
-
-
 def train_data_parallel(
     task, x: np.ndarray, y: np.ndarray, config: dict[str, Any], seed: int, world_size: int, **validation: Any
 ) -> list[TrainOutput]:
     """``task.train`` on each rank's contiguous shard of ``(x, y)``, the ranks as threads."""
-    reducer = ThreadAllReduce(world_size)
-    outputs: list[TrainOutput | None] = [None] * world_size
-    errors: list[BaseException] = []
+    reducer = BarrierSum(world_size)
 
-    def rank_main(rank: int) -> None:
-        shard = DataShard(rank, world_size, len(x), reducer.reduce_for(rank))
+    def rank_main(rank: int) -> TrainOutput:
+        shard = DataShard(rank, world_size, len(x), reducer.for_rank(rank))
         rows = slice(shard.start, shard.stop)
         try:
-            outputs[rank] = task.train(x[rows], y[rows], config, seed, shard=shard, **validation)
-        except BaseException as exc:
-            errors.append(exc)
+            return task.train(x[rows], y[rows], config, seed, shard=shard, **validation)
+        except BaseException:
             reducer.barrier.abort()  # the other ranks fail too instead of waiting for this one
+            raise
 
-    with one_torch_thread():  # every rank saves and restores 1: no rank runs on more threads
-        ranks = [threading.Thread(target=rank_main, args=(r,)) for r in range(world_size)]
-        for thread in ranks:
-            thread.start()
-        for thread in ranks:
-            thread.join()
-    if errors:
-        raise errors[0]
-    return [out for out in outputs if out is not None]
+    # Every rank saves and restores one torch thread: no rank runs on more.
+    with one_torch_thread(), ThreadPoolExecutor(world_size) as pool:
+        return list(pool.map(rank_main, range(world_size)))
 
 
 def relative_gap(ours: np.ndarray, reference: np.ndarray) -> float:

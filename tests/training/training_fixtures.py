@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -61,6 +62,27 @@ def load_state(model_state: bytes) -> dict[str, Any]:
     import torch
 
     return torch.load(io.BytesIO(model_state), weights_only=True)
+
+
+class BarrierSum:
+    """``reduce`` for ``world`` ranks that are threads of one process (a ``DataShard``'s all-reduce
+    without processes): each deposits its array, and every one gets the same sum. A rank that fails
+    should ``barrier.abort()`` so that the others fail too instead of waiting out the timeout."""
+
+    def __init__(self, world: int, timeout_s: float = 60.0) -> None:
+        self.world = world
+        self.barrier = threading.Barrier(world, timeout=timeout_s)
+        self.slots: list[Any] = [None] * world
+
+    def for_rank(self, rank: int) -> Callable[[np.ndarray], None]:
+        def reduce(array: np.ndarray) -> None:
+            self.slots[rank] = array.copy()
+            self.barrier.wait()
+            total = np.sum(self.slots, axis=0)
+            self.barrier.wait()  # everyone has read the slots before the next collective fills them
+            array[...] = total
+
+        return reduce
 
 
 @contextmanager
