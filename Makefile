@@ -39,7 +39,7 @@ lint: $(VENV)/.synced
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 repro: $(VENV)/.synced
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

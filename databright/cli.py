@@ -484,11 +484,17 @@ def worker_list(
 def train(
     dataset: Annotated[str, typer.Option(help="NAME or NAME@VERSION")],
     validation: Annotated[Path, typer.Option(help="Trainer's validation file (CSV or Parquet)")],
-    budget: Annotated[str, typer.Option(help="Payment for the job in DBX, e.g. 10 or 12.5")],
+    budget: Annotated[
+        str, typer.Option(help="Most to spend in DBX, e.g. 10 or 12.5 (escrowed; unused is refunded)")
+    ],
     trainer: Annotated[str, typer.Option(help="Trainer id whose account pays")],
     task: Annotated[str, typer.Option(help="Enclave task")] = "tabular_logreg",
     seed: Annotated[int, typer.Option(help="Training seed")] = 11,
     workers: Annotated[int, typer.Option(help="Workers to train on at once (data-parallel)")] = 1,
+    payment: Annotated[
+        str | None, typer.Option(help="Pay exactly this (DBX) instead of the quote; at most the budget")
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Work pool of provider agents (empty: start workers here)")] = "",
     max_price: Annotated[
         str | None, typer.Option(help="Highest price per work unit to accept, in DBX (e.g. 0.000003)")
     ] = None,
@@ -505,8 +511,10 @@ def train(
             dataset=name,
             version=int(version.lstrip("v")) if version else None,
             validation=str(validation),
-            payment=_amount(budget),
+            payment=None if payment is None else _amount(payment),
+            budget=_amount(budget),
             trainer=trainer,
+            pool=pool,
             task=task,
             seed=seed,
             workers=workers,

@@ -37,6 +37,7 @@ from databright.errors import ConfigError
 
 if TYPE_CHECKING:
     from databright.db import ExchangeDB
+    from databright.market.quotes import DataPricing
     from databright.settlement.policy import AllocationPolicy
     from databright.storage.dvc_versions import DvcRemote
     from databright.storage.objectstore import ObjectStore
@@ -132,6 +133,10 @@ class Settings:
     def allocation_policy_path(self) -> Path:
         return self.project_root / "policies" / "allocation.yaml"
 
+    @property
+    def pricing_policy_path(self) -> Path:
+        return self.project_root / "policies" / "pricing.yaml"
+
     # --- construction --------------------------------------------------------------------------
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -211,6 +216,11 @@ class Settings:
         from databright.settlement.policy import AllocationPolicy
 
         return AllocationPolicy.load(self.allocation_policy_path)
+
+    def data_pricing(self) -> DataPricing:
+        from databright.market.quotes import DataPricing
+
+        return DataPricing.load(self.pricing_policy_path)
 
     def receipt_verifier(self, db: ExchangeDB) -> Callable[[dict], UsageReceipt]:
         """What settlement uses to check a receipt: its signature, attestation result and evidence."""

@@ -27,7 +27,12 @@ class TrainConfig(BaseModel):
     validation: str = Field(
         description="Trainer's validation file (CSV or Parquet) the data is valued against"
     )
-    payment: int = Field(description="What the job pays, in minor units (1 DBX = 1 000 000)", gt=0)
+    payment: int | None = Field(
+        None,
+        description="What the job pays, in minor units (1 DBX = 1 000 000). Empty: the quote — the smallest "
+        "payment whose data share covers the dataset's price and whose compute share covers the offers",
+        gt=0,
+    )
     budget: int | None = Field(
         None,
         description="Most the trainer will spend, in minor units; escrowed at submission, and what the job "

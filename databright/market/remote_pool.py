@@ -153,7 +153,11 @@ class RemotePool:
         return result
 
     def value(self, offer: Offer, spec: ValueSpec) -> ValueOutcome:
-        return self._call(offer, "value", (spec,), timeout_s=self.run_timeout_s)  # type: ignore[no-any-return]
+        from databright.training.value_job import ValueOutcome
+
+        result = self._call(offer, "value", (spec,), timeout_s=self.run_timeout_s)
+        assert isinstance(result, ValueOutcome)
+        return result
 
     def _call(self, offer: Offer, command: str, args: tuple[Any, ...], *, timeout_s: float) -> Any:
         provider_id = self.member(offer).provider.provider_id

@@ -26,6 +26,7 @@ from databright.errors import DatabrightError, IntegrityError, NoOfferFits, Trai
 from databright.market.allocation import Quote, choose_offers
 from databright.market.offers import Offer
 from databright.market.pool import WorkerPool
+from databright.market.quotes import JobQuote, quote_job_price
 from databright.provenance.record import record_training
 from databright.training.jobs import Completion, TrainingJob, complete_jobs
 from databright.training.parts import Attempt, fail_attempt, submit_attempt
@@ -66,6 +67,38 @@ def quote_job(
         model_cost=int(config["model_cost"]),
         payment=payment,
         compute_budget=split["compute"],
+    )
+
+
+def price_job(
+    settings: Settings,
+    version: DatasetVersion,
+    offers: Sequence[Offer],
+    *,
+    task: str,
+    workers: int,
+    budget: int,
+    max_price: int | None = None,
+    overrides: dict[str, object] | None = None,
+) -> JobQuote:
+    """Quote the job on the cheapest ``workers`` offers at or below ``max_price``: the dataset's data
+    price plus the compute estimate, as the smallest payment the allocation policy splits to cover
+    both; ``NoOfferFits`` with the quote when ``budget`` cannot pay it."""
+    check_trainable(settings.exchange_db(), version)
+    config = {
+        **load_task_config(find_task(settings.enclave_tasks_dir, task)).get("config", {}),
+        **(overrides or {}),
+    }
+    return quote_job_price(
+        settings.allocation_policy(),
+        settings.data_pricing(),
+        [o for o in offers if max_price is None or o.price_per_unit <= max_price],
+        dataset=version.dataset,
+        rows=version.record_count,
+        epochs=int(config["epochs"]),
+        model_cost=int(config["model_cost"]),
+        workers=workers,
+        budget=budget,
     )
 
 
@@ -223,7 +256,7 @@ def train_on_pool(
     job_id: str,
     trainer_id: str,
     task: str,
-    payment: int,
+    payment: int | None,
     budget: int | None,
     validation: Path,
     seed: int,
@@ -240,6 +273,16 @@ def train_on_pool(
     refused key release, tampered data, a task error) is not retried. When no attempt is left or
     the remaining offers cannot run it, the job fails with every attempt refunded.
     """
+    if payment is None:
+        if budget is None:
+            raise TrainingError(
+                f"job {job_id} names neither a payment nor a budget; give a budget (the most to spend) "
+                "and the job is quoted, or an explicit payment"
+            )
+        payment = price_job(
+            settings, version, pool.offers, task=task, workers=workers, budget=budget,
+            max_price=max_price, overrides=overrides,
+        ).payment  # fmt: skip
     quote = quote_job(settings, version, task=task, payment=payment, overrides=overrides)
     failures: list[str] = []
     for number in range(1, max_attempts + 1):

@@ -1,5 +1,5 @@
 """What a train task checks of what it is given: feature rows, 0/1 labels, the validation pair and
-config settings.
+config settings — and ``seeded_init``, the job-seeded start of its weights.
 
 Every check raises ``TrainingError`` naming the task, the offending value and the fix, so the
 messages read the same in every task that uses them. numpy only: a task imports torch itself.
@@ -8,7 +8,7 @@ messages read the same in every task that uses them. numpy only: a task imports 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,3 +99,16 @@ def flag(task: str, config: Mapping[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise TrainingError(f"{task}: config {key}={value!r} must be true or false")
     return value
+
+
+def seeded_init(torch: Any, layers: Sequence[Any], seed: int) -> None:
+    """Re-draw ``torch.nn.Linear`` layers' weights and biases as torch's default initialisation does
+    (``U(±1/√fan_in)``, what ``kaiming_uniform_(a=√5)`` works out to), from a generator seeded by the
+    job. A private generator, not ``torch.manual_seed``: the process-wide seed is shared state, and
+    two trainings in one process (a test's data-parallel ranks in threads) would race for it."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            bound = 1.0 / math.sqrt(layer.weight.shape[1])
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.uniform_(-bound, bound, generator=generator)

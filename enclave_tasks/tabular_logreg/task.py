@@ -4,7 +4,8 @@ Features are standardised with the training set's mean and standard deviation; t
 space is both the model's input and the embedding in which KNN-Shapley values the records.
 Training is minibatch SGD (no momentum) on the binary cross-entropy with L2 weight decay — the
 update of ``torch.optim.SGD``, bit for bit; minibatches come from a generator seeded by the job,
-torch runs on one CPU thread, and the weights start from ``torch.manual_seed``, so the same data,
+torch runs on one CPU thread, and the weights start from a ``torch.Generator`` seeded by the job
+(``seeded_init``: torch's default initialisation, never the process-wide seed), so the same data,
 config and seed give the same model bytes. Every minibatch is metered, so the
 visit counts in the receipt are exactly the rows the model read.
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from databright.errors import TrainingError
 from databright.training.meter import UsageMeter
+from databright.training.task_inputs import seeded_init
 from databright.training.tasks import TrainOutput
 from databright.valuation.inrun import LogisticInRun, LogisticValidation
 
@@ -138,8 +140,8 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(seed)
         model = torch.nn.Linear(width, 1, dtype=torch.float64)
+        seeded_init(torch, [model], seed)
         parameters = list(model.parameters())
         loss_fn = torch.nn.BCEWithLogitsLoss(reduction="mean" if shard is None else "sum")
         standardised = embed(x)

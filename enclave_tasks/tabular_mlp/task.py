@@ -4,9 +4,10 @@ Features are standardised with the training set's mean and standard deviation (s
 state as ``feature_mean``/``feature_std``, so the ``knn_shapley`` value task reads the records in the
 same space); the model is ``z = w₂·relu(W₁a + b₁) + b₂`` on the binary cross-entropy with logits.
 Training is minibatch SGD (no momentum) with L2 weight decay — ``torch.optim.SGD``'s update, written
-out —; minibatches come from a generator seeded by the job, the weights start from
-``torch.manual_seed``, everything is float64 on one CPU thread, so the same data, config and seed
-give the same model bytes. Every minibatch is metered: the visit counts are exactly the rows read.
+out —; minibatches come from a generator seeded by the job, the weights start from a
+``torch.Generator`` seeded by the job (``seeded_init``), everything is float64 on one CPU thread,
+so the same data, config and seed give the same model bytes. Every minibatch is metered: the visit
+counts are exactly the rows read.
 
 With ``inrun: true`` (the default) and a validation set, every step credits each row of its minibatch
 with its *exact* first-order contribution to the validation loss, ``η/|B| · ⟨∇ℓ_i(w), ∇L_val(w)⟩``
@@ -35,6 +36,7 @@ import numpy as np
 
 from databright.errors import TrainingError
 from databright.training.meter import UsageMeter
+from databright.training.task_inputs import seeded_init
 from databright.training.tasks import TrainOutput
 from databright.valuation.inrun import InRunContributions, ghost_dot
 
@@ -173,9 +175,9 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(seed)
         layer_in = torch.nn.Linear(width, hidden, dtype=torch.float64)
         layer_out = torch.nn.Linear(hidden, 1, dtype=torch.float64)
+        seeded_init(torch, [layer_in, layer_out], seed)
         parameters = [layer_in.weight, layer_in.bias, layer_out.weight, layer_out.bias]
 
         def forward(rows: Any) -> tuple[Any, Any, Any]:

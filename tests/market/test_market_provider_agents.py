@@ -119,7 +119,7 @@ def _prefect_client_at(url: str) -> Iterator[None]:
         yield
 
 
-def test_a_train_deployment_run_trains_one_job_across_both_agents(stack: Stack) -> None:
+def test_a_train_deployment_run_quotes_and_trains_one_job_across_both_agents(stack: Stack) -> None:
     from prefect.deployments import run_deployment
 
     from flows.train import deploy_train
@@ -127,7 +127,7 @@ def test_a_train_deployment_run_trains_one_job_across_both_agents(stack: Stack) 
     with _prefect_client_at(stack.url):
         deploy_train(POOL)
         config = {
-            "dataset": "demo", "validation": str(stack.validation), "payment": PAYMENT,
+            "dataset": "demo", "validation": str(stack.validation), "budget": PAYMENT,
             "trainer": "acme", "workers": 2, "pool": POOL,
         }  # fmt: skip
         run = run_deployment("train/train", parameters={"config": config}, timeout=300)
@@ -138,7 +138,10 @@ def test_a_train_deployment_run_trains_one_job_across_both_agents(stack: Stack) 
     parts = [job for job in list_jobs(db) if job.status == "completed"]
     assert sorted(p.provider_id for p in parts) == list(PROVIDERS)
     assert len({p.model_digest for p in parts}) == 1 and all(p.receipt_key for p in parts)
-    assert sum(p.payment for p in parts) == PAYMENT
+    # No payment was named: the job was quoted (data price + compute estimate) within the budget,
+    # which was escrowed whole; settlement refunds what the quote left unused.
+    quoted = sum(p.payment for p in parts)
+    assert 0 < quoted < PAYMENT and sum(p.budget for p in parts) == PAYMENT
     assert verify_ledger(db).ok
     assert all(stack.record(p).jobs_run == 1 for p in PROVIDERS)
     listing = stack.cli("worker", "list", "--pool", POOL)

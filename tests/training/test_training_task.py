@@ -13,6 +13,7 @@ from training_fixtures import ENCLAVE_TASKS, separable
 
 from databright.errors import ConfigError, TrainingError
 from databright.training import TrainOutput, load_task, resolve_config
+from databright.training.task_inputs import seeded_init
 from databright.trust.measurement import measure_task
 
 CONFIG: dict[str, Any] = {
@@ -171,8 +172,8 @@ def test_sgd_matches_torch_optim_bit_for_bit(task, rng: np.random.Generator) -> 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(4)
         model = torch.nn.Linear(8, 1, dtype=torch.float64)
+        seeded_init(torch, [model], 4)  # the task's job-seeded start
         optimiser = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-4)
         z = torch.from_numpy((x - x.mean(0)) / x.std(0))
         targets = torch.from_numpy(y.astype(np.float64))
@@ -190,3 +191,15 @@ def test_sgd_matches_torch_optim_bit_for_bit(task, rng: np.random.Generator) -> 
         torch.set_num_threads(threads)
     assert torch.equal(state["weight"], model.weight.detach())
     assert torch.equal(state["bias"], model.bias.detach())
+
+
+def test_weights_start_from_the_job_seed_not_the_process_wide_one(task, rng: np.random.Generator) -> None:
+    import torch
+
+    frame = separable(rng, 60)
+    x, y = frame.drop(columns="label").to_numpy(), frame["label"].to_numpy()
+    torch.manual_seed(1)
+    first = task.train(x, y, CONFIG, 4).model_state
+    torch.manual_seed(2)  # another test (or thread) moving the global generator changes nothing
+    assert task.train(x, y, CONFIG, 4).model_state == first
+    assert task.train(x, y, CONFIG, 5).model_state != first
