@@ -77,9 +77,12 @@ def run_on_pool(settings: Settings, config: TrainConfig, version: DatasetVersion
     db = settings.exchange_db()
     job_id = job_id_for(
         {
-            # How the job is paid for and retried is not what is asked: a retry with another budget,
-            # price cap or attempt count is the same request and must not become a second job.
-            **config.model_dump(exclude={"validation", "version", "budget", "max_price", "max_attempts"}),
+            # How the job is paid for, where and on how many workers it runs are not what is asked: a
+            # retry with another budget, price cap, pool or worker count is the same request and must
+            # not become a second job.
+            **config.model_dump(
+                exclude={"validation", "version", "budget", "max_price", "max_attempts", "workers", "pool"}
+            ),
             "period": settings.period,
             "dataset_version": version.version,
             "validation_sha256": validation_digest(Path(config.validation)),

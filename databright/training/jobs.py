@@ -106,10 +106,15 @@ def job_id_for(request: dict[str, object]) -> str:
 
 
 def refuse_resubmission(db: ExchangeDB, job_id: str) -> None:
-    rows = db.query("SELECT status FROM jobs WHERE job_id = ?", [job_id])
+    """Refuse a request already submitted: as the job itself or as parts of it (``parts.part_id``)."""
+    rows = db.query(
+        "SELECT job_id, status FROM jobs WHERE job_id = ? OR starts_with(job_id, ?) ORDER BY job_id",
+        [job_id, f"{job_id}.t"],
+    )
     if rows:
+        states = ", ".join(f"{r[0]} {r[1]}" for r in rows[:4])
         raise TrainingError(
-            f"this exact request was already submitted as {job_id} (status {rows[0][0]}); to train again "
+            f"this exact request was already submitted as {job_id} ({states}); to train again "
             "on purpose, change the seed or pass a new request id",
             job_id=job_id,
         )

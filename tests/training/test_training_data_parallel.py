@@ -91,3 +91,24 @@ def test_choose_offers_takes_the_cheapest_providers_with_a_deterministic_tie_bre
         choose_offers([_offer("a", 5), _offer("b", 5)], quote, 2)
     with pytest.raises(NoOfferFits, match="capacity for a share of 500"):
         choose_offers([_offer("a", 1, capacity=400), _offer("b", 1)], quote, 2)
+
+
+def test_a_request_submitted_as_parts_is_refused_a_second_time(memory_db) -> None:  # type: ignore[no-untyped-def]
+    from databright.ledger import deposit
+    from databright.training.jobs import refuse_resubmission
+    from databright.training.parts import submit_attempt
+
+    deposit(memory_db, "acme", 10_000, reference="wire-1")
+    attempt = submit_attempt(
+        memory_db, job_id="job-x", number=1, offers=[_offer("a", 1), _offer("b", 1)], rows=10,
+        period="2026-11", trainer_id="acme", dataset="demo", dataset_version=1, task="tabular_logreg",
+        payment=1_000, budget=1_500,
+    )  # fmt: skip
+    assert [p.job_id for p in attempt.parts] == ["job-x.t1.1of2", "job-x.t1.2of2"]
+    assert [(p.payment, p.budget, p.shard_rank, p.shard_count) for p in attempt.parts] == [
+        (500, 750, 0, 2),
+        (500, 750, 1, 2),
+    ]
+    with pytest.raises(TrainingError, match=r"already submitted as job-x \(job-x\.t1\.1of2 escrowed"):
+        refuse_resubmission(memory_db, "job-x")
+    refuse_resubmission(memory_db, "job-xy")  # another request whose id merely starts alike is free
