@@ -171,3 +171,17 @@ class GlooGroup:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def standardisation(x: np.ndarray, shard: DataShard | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations of the whole training set — of ``x`` alone, or summed
+    over every shard of a data-parallel job — with a constant column's deviation set to 1 (it
+    carries no information; dividing by 1 keeps it at 0 instead of NaN)."""
+    if shard is None:
+        mean, std = x.mean(axis=0), x.std(axis=0)
+    else:
+        if shard.rows != x.shape[0]:
+            raise TrainingError(f"{shard!r} holds {shard.rows} rows, but the task was given {x.shape[0]}")
+        mean = shard.all_reduce_sum(x.sum(axis=0)) / shard.global_rows
+        std = np.sqrt(shard.all_reduce_sum(((x - mean) ** 2).sum(axis=0)) / shard.global_rows)
+    return mean, np.where(std > 0, std, 1.0)

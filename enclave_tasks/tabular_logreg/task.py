@@ -25,71 +25,25 @@ this shard's rows are metered and credited (each at ``η/|global minibatch|``).
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from databright.errors import TrainingError
+from databright.training.data_parallel import standardisation
 from databright.training.meter import UsageMeter
-from databright.training.task_inputs import seeded_init
+from databright.training.task_inputs import (
+    binary_labels,
+    features,
+    flag,
+    seeded_init,
+    setting,
+    validation_set,
+)
 from databright.training.tasks import TrainOutput
 from databright.valuation.inrun import LogisticInRun, LogisticValidation
 
-
-def _features(name: str, x: Any, width: int | None = None) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise TrainingError(f"tabular_logreg: {name} must be a non-empty 2-D array, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise TrainingError(f"tabular_logreg: {name} has dtype {arr.dtype}; features must be numeric")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        row = int(np.argwhere(~np.isfinite(arr))[0][0])
-        raise TrainingError(f"tabular_logreg: {name} row {row} has NaN or infinity; clean the data first")
-    if width is not None and arr.shape[1] != width:
-        raise TrainingError(
-            f"tabular_logreg: {name} has {arr.shape[1]} features, the model was trained on {width}"
-        )
-    return arr
-
-
-def _binary(name: str, y: Any, rows: int) -> np.ndarray:
-    arr = np.asarray(y)
-    if arr.ndim != 1 or arr.shape[0] != rows:
-        raise TrainingError(f"tabular_logreg: {name} must hold one label per row ({rows}), got {arr.shape}")
-    found = set(np.unique(arr).tolist())
-    if not found <= {0, 1}:
-        raise TrainingError(
-            f"tabular_logreg: {name} has labels {sorted(found, key=str)[:5]}; this task is binary, "
-            "encode the label as 0/1"
-        )
-    return arr.astype(np.float64)
-
-
-def _setting(config: Mapping[str, Any], key: str, *, integer: bool, allow_zero: bool = False) -> float:
-    value = config.get(key)
-    number = math.nan
-    if (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and (isinstance(value, int) or not integer)
-    ):
-        number = float(value)
-    # NaN fails both comparisons, so a missing or non-numeric setting is refused here too.
-    if not (number > 0 or (allow_zero and number == 0)):
-        kind = "an integer" if integer else "a number"
-        bound = "≥ 0" if allow_zero else "> 0"
-        raise TrainingError(f"tabular_logreg: config {key}={value!r} must be {kind} {bound}")
-    return number
-
-
-def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = config.get(key, default)
-    if not isinstance(value, bool):
-        raise TrainingError(f"tabular_logreg: config {key}={value!r} must be true or false")
-    return value
+TASK = "tabular_logreg"
 
 
 def train(
@@ -106,36 +60,25 @@ def train(
     this worker's part of a data-parallel job (see the module docstring)."""
     import torch
 
-    x = _features("x", x)
+    x = features(TASK, "x", x)
     n, width = x.shape
-    labels = _binary("y", y, n)
-    epochs = int(_setting(config, "epochs", integer=True))
-    batch_size = int(_setting(config, "batch_size", integer=True))
-    learning_rate = float(_setting(config, "learning_rate", integer=False))
-    weight_decay = float(_setting(config, "weight_decay", integer=False, allow_zero=True))
-    model_cost = int(_setting(config, "model_cost", integer=True))
-    inrun = _flag(config, "inrun", default=True)
+    labels = binary_labels(TASK, "y", y, n)
+    epochs = int(setting(TASK, config, "epochs", integer=True))
+    batch_size = int(setting(TASK, config, "batch_size", integer=True))
+    learning_rate = float(setting(TASK, config, "learning_rate", integer=False))
+    weight_decay = float(setting(TASK, config, "weight_decay", integer=False, allow_zero=True))
+    model_cost = int(setting(TASK, config, "model_cost", integer=True))
+    inrun = flag(TASK, config, "inrun", default=True)
 
-    if shard is not None and shard.rows != n:
-        raise TrainingError(f"tabular_logreg: {shard!r} holds {shard.rows} rows, but x has {n}")
-    if shard is None:
-        mean = x.mean(axis=0)
-        std = x.std(axis=0)
-    else:
-        mean = shard.all_reduce_sum(x.sum(axis=0)) / shard.global_rows
-        std = np.sqrt(shard.all_reduce_sum(((x - mean) ** 2).sum(axis=0)) / shard.global_rows)
-    # A constant column carries no information; dividing by 1 keeps it at 0 instead of NaN.
-    std = np.where(std > 0, std, 1.0)
+    mean, std = standardisation(x, shard)
+
+    def standardise(name: str, rows: Any) -> np.ndarray:
+        return (features(TASK, name, rows, width) - mean) / std
 
     def embed(rows: np.ndarray) -> np.ndarray:
-        return (_features("rows to embed", rows, width) - mean) / std
+        return standardise("rows to embed", rows)
 
-    validation: tuple[np.ndarray, np.ndarray] | None = None
-    if x_val is not None or y_val is not None:
-        if x_val is None or y_val is None:
-            raise TrainingError("tabular_logreg: give both x_val and y_val, or neither")
-        xv = embed(x_val)
-        validation = (xv, _binary("y_val", y_val, xv.shape[0]))
+    validation = validation_set(TASK, x_val, y_val, standardise)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -28,15 +28,22 @@ this shard's rows are metered and credited (each at ``η/|global minibatch|``).
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from databright.errors import TrainingError
+from databright.training.data_parallel import standardisation
 from databright.training.meter import UsageMeter
-from databright.training.task_inputs import seeded_init
+from databright.training.task_inputs import (
+    binary_labels,
+    features,
+    flag,
+    seeded_init,
+    setting,
+    validation_set,
+)
 from databright.training.tasks import TrainOutput
 from databright.valuation.inrun import InRunContributions, ghost_dot
 
@@ -47,72 +54,6 @@ def parameter_count(width: int, hidden: int) -> int:
     """Parameters a sample's forward and backward pass touch: every one of them, in a dense MLP —
     ``hidden × width`` weights and ``hidden`` biases in, ``hidden`` weights and one bias out."""
     return hidden * (width + 2) + 1
-
-
-def _features(name: str, x: Any, width: int | None = None) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise TrainingError(
-            f"{TASK}: {name} must be a non-empty 2-D array (rows × features), got shape {arr.shape}; "
-            "pass one row per record"
-        )
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise TrainingError(
-            f"{TASK}: {name} has dtype {arr.dtype}; features must be real numbers — encode categorical "
-            "or text columns numerically before training"
-        )
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        row, column = (int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-        raise TrainingError(
-            f"{TASK}: {name} row {row}, column {column} is {float(arr[row, column])}; clean the data "
-            "(drop or impute missing values) first"
-        )
-    if width is not None and arr.shape[1] != width:
-        raise TrainingError(
-            f"{TASK}: {name} has {arr.shape[1]} features, the model was trained on {width}; give it the "
-            "same feature columns, in the same order, as the training data"
-        )
-    return arr
-
-
-def _binary(name: str, y: Any, rows: int) -> np.ndarray:
-    arr = np.asarray(y)
-    if arr.ndim != 1 or arr.shape[0] != rows:
-        raise TrainingError(
-            f"{TASK}: {name} must hold one label per row ({rows}), got shape {arr.shape}; pass the label "
-            "column only"
-        )
-    if not np.isin(arr, (0, 1)).all():
-        found = sorted({str(v) for v in arr.tolist()} - {"0", "1", "0.0", "1.0", "True", "False"})
-        raise TrainingError(
-            f"{TASK}: {name} has labels {found[:5]}; this task is binary — encode the label as 0/1"
-        )
-    return arr.astype(np.float64)
-
-
-def _setting(config: Mapping[str, Any], key: str, *, integer: bool, allow_zero: bool = False) -> float:
-    value = config.get(key)
-    number = math.nan
-    if (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and (isinstance(value, int) or not integer)
-    ):
-        number = float(value)
-    # NaN fails both comparisons, so a missing or non-numeric setting is refused here too, as is inf.
-    if not ((number > 0 or (allow_zero and number == 0)) and number < math.inf):
-        kind = "an integer" if integer else "a finite number"
-        bound = "≥ 0" if allow_zero else "> 0"
-        raise TrainingError(f"{TASK}: config {key}={value!r} must be {kind} {bound}")
-    return number
-
-
-def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = config.get(key, default)
-    if not isinstance(value, bool):
-        raise TrainingError(f"{TASK}: config {key}={value!r} must be true or false")
-    return value
 
 
 def train(
@@ -129,16 +70,16 @@ def train(
     train this worker's part of a data-parallel job (see the module docstring)."""
     import torch
 
-    x = _features("x", x)
+    x = features(TASK, "x", x)
     n, width = x.shape
-    labels = _binary("y", y, n)
-    hidden = int(_setting(config, "hidden", integer=True))
-    epochs = int(_setting(config, "epochs", integer=True))
-    batch_size = int(_setting(config, "batch_size", integer=True))
-    learning_rate = float(_setting(config, "learning_rate", integer=False))
-    weight_decay = float(_setting(config, "weight_decay", integer=False, allow_zero=True))
-    model_cost = int(_setting(config, "model_cost", integer=True))
-    inrun = _flag(config, "inrun", default=True)
+    labels = binary_labels(TASK, "y", y, n)
+    hidden = int(setting(TASK, config, "hidden", integer=True))
+    epochs = int(setting(TASK, config, "epochs", integer=True))
+    batch_size = int(setting(TASK, config, "batch_size", integer=True))
+    learning_rate = float(setting(TASK, config, "learning_rate", integer=False))
+    weight_decay = float(setting(TASK, config, "weight_decay", integer=False, allow_zero=True))
+    model_cost = int(setting(TASK, config, "model_cost", integer=True))
+    inrun = flag(TASK, config, "inrun", default=True)
     # Work units are visits × model_cost: a cost that is not this model's size would bill for work
     # that was not done (or hide work that was), so it must match exactly.
     touched = parameter_count(width, hidden)
@@ -148,29 +89,15 @@ def train(
             f"parameters per sample (hidden × (features + 2) + 1); set model_cost to {touched}"
         )
 
-    if shard is not None and shard.rows != n:
-        raise TrainingError(f"{TASK}: {shard!r} holds {shard.rows} rows, but x has {n}")
-    if shard is None:
-        mean = x.mean(axis=0)
-        std = x.std(axis=0)
-    else:
-        mean = shard.all_reduce_sum(x.sum(axis=0)) / shard.global_rows
-        std = np.sqrt(shard.all_reduce_sum(((x - mean) ** 2).sum(axis=0)) / shard.global_rows)
-    # A constant column carries no information; dividing by 1 keeps it at 0 instead of NaN.
-    std = np.where(std > 0, std, 1.0)
+    mean, std = standardisation(x, shard)
 
     def standardise(name: str, rows: Any) -> np.ndarray:
-        return (_features(name, rows, width) - mean) / std
+        return (features(TASK, name, rows, width) - mean) / std
 
     def embed(rows: np.ndarray) -> np.ndarray:
         return standardise("rows to embed", rows)
 
-    validation: tuple[np.ndarray, np.ndarray] | None = None
-    if x_val is not None or y_val is not None:
-        if x_val is None or y_val is None:
-            raise TrainingError(f"{TASK}: give both x_val and y_val, or neither")
-        xv = standardise("x_val", x_val)
-        validation = (xv, _binary("y_val", y_val, xv.shape[0]))
+    validation = validation_set(TASK, x_val, y_val, standardise)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from databright.config import PROJECT_ROOT
 from databright.errors import TrainingError, ValuationError
 from databright.training import TrainOutput, load_task
+from databright.training.task_inputs import seeded_init
 from databright.valuation import inrun
 from databright.valuation.inrun import (
     METHOD,
@@ -226,8 +227,8 @@ def brute_force_replay(x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndar
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(seed)
         model = torch.nn.Linear(x.shape[1], 1, dtype=torch.float64)
+        seeded_init(torch, [model], seed)  # the task's job-seeded start
         loss_fn = lambda out, target: bce(out[:, 0], target)  # noqa: E731
         shuffler = np.random.default_rng(seed)
         for _ in range(CONFIG["epochs"]):
