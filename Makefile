@@ -55,6 +55,7 @@ bench: $(VENV)/.synced $(PEERS)/.synced
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.valuation
 	$(BIN)/python -m benchmarks.inrun
+	$(BIN)/python -m benchmarks.training
 	$(BIN)/python -m benchmarks.settlement --statements-full-max 2000000
 
 clean:

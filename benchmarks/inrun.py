@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import numpy as np
 from benchmarks.ingest import machine as machine_info
 from benchmarks.timing import timed
 from databright.config import PROJECT_ROOT
-from databright.training import TrainOutput, load_task
+from databright.training import EnclaveTask, TrainOutput, load_task
 
 RESULTS = Path(__file__).parent / "results"
 TARGET_OVERHEAD = 0.25
@@ -89,6 +90,36 @@ def plain_torch(x: np.ndarray, y: np.ndarray, config: dict[str, Any], seed: int)
         torch.set_num_threads(threads)
 
 
+def inrun_cases(
+    task: EnclaveTask,
+    config: dict[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    xv: np.ndarray,
+    yv: np.ndarray,
+    seed: int,
+) -> dict[str, Callable[[], TrainOutput]]:
+    """The task's ``train`` on the same inputs with in-run contributions off and on."""
+    return {
+        "off": lambda: task.train(x, y, {**config, "inrun": False}, seed, x_val=xv, y_val=yv),
+        "on": lambda: task.train(x, y, {**config, "inrun": True}, seed, x_val=xv, y_val=yv),
+    }
+
+
+def check_inrun_outputs(off: list[TrainOutput], on: list[TrainOutput]) -> np.ndarray:
+    """The contributions, once checked: the model bytes are the same with ``inrun`` on and off and
+    in every repeat, every repeat's contributions are bit-identical, and ``inrun: false`` gives none."""
+    if any(o.model_state != off[0].model_state for o in off + on):
+        raise SystemExit("the model bytes differ between inrun on and off (or between repeats)")
+    contributions = [o.contributions for o in on]
+    first = contributions[0]
+    if first is None or any(c is None or c.tobytes() != first.tobytes() for c in contributions):
+        raise SystemExit("the in-run contributions are missing or differ between repeats")
+    if any(o.contributions is not None for o in off):
+        raise SystemExit("inrun: false still returned contributions")
+    return first
+
+
 def recall_lowest(values: np.ndarray, flipped: np.ndarray) -> float:
     """Share of the flipped rows among the lowest-valued ``len(flipped)`` rows (stable order)."""
     lowest = np.argsort(values, kind="stable")[: len(flipped)]
@@ -130,14 +161,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = load_task(PROJECT_ROOT / "enclave_tasks", "tabular_logreg")
     config = dict(task.defaults)
     x, y, xv, yv, flipped = problem(args.rows, args.val, SEED)
-    cases = {
-        "off": lambda: task.train(x, y, {**config, "inrun": False}, SEED, x_val=xv, y_val=yv),
-        "on": lambda: task.train(x, y, {**config, "inrun": True}, SEED, x_val=xv, y_val=yv),
+    cases: dict[str, Callable[[], Any]] = {
+        **inrun_cases(task, config, x, y, xv, yv, SEED),
         "plain_torch": lambda: plain_torch(x, y, config, SEED),
     }
     # One small run of each first: torch's kernels and numpy's buffers are warm before any clock.
-    for name in ("off", "on"):
-        task.train(x[:500], y[:500], {**config, "inrun": name == "on"}, SEED, x_val=xv, y_val=yv)
+    for fn in inrun_cases(task, config, x[:500], y[:500], xv, yv, SEED).values():
+        fn()
     plain_torch(x[:500], y[:500], config, SEED)
 
     load_before = [round(v, 2) for v in os.getloadavg()]
@@ -156,16 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     load_after = [round(v, 2) for v in os.getloadavg()]
 
-    off: list[TrainOutput] = outputs["off"]
-    on: list[TrainOutput] = outputs["on"]
-    if any(o.model_state != off[0].model_state for o in off + on):
-        raise SystemExit("the model bytes differ between inrun on and off (or between repeats)")
-    contributions = [o.contributions for o in on]
-    first = contributions[0]
-    if first is None or any(c is None or c.tobytes() != first.tobytes() for c in contributions):
-        raise SystemExit("the in-run contributions are missing or differ between repeats")
-    if any(o.contributions is not None for o in off):
-        raise SystemExit("inrun: false still returned contributions")
+    first = check_inrun_outputs(outputs["off"], outputs["on"])
 
     medians = {name: statistics.median(seconds) for name, seconds in runs.items()}
     cpu_medians = {name: statistics.median(seconds) for name, seconds in cpu.items()}

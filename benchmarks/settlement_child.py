@@ -3,14 +3,13 @@ home, with per-stage timers, the checkpoint, the result checks and the statement
 
 from __future__ import annotations
 
-import functools
 import json
 import resource
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks import timing
 from benchmarks.settlement_period import PERIOD, PROJECT_ROOT, SessionVerifier, provider_keys
 
 MB = 1024 * 1024
@@ -49,30 +48,8 @@ STAGE_TARGETS = {
 # --- the child: one timed settlement ------------------------------------------------------------
 
 
-class StageClock:
-    """Wall time per stage, each call's time net of the timed calls nested inside it."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self._nested: list[float] = []
-
-    def wrap(self, fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self._nested.append(0.0)
-            started = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                elapsed = time.perf_counter() - started
-                inner = self._nested.pop()
-                self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - inner
-                self.calls[stage] = self.calls.get(stage, 0) + 1
-                if self._nested:
-                    self._nested[-1] += elapsed
-
-        return timed
+class StageClock(timing.StageClock):
+    """The shared clock, installed on the settlement library's calls named in ``STAGE_TARGETS``."""
 
     def install(self) -> tuple[list[str], list[str]]:
         import importlib

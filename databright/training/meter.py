@@ -46,8 +46,10 @@ class UsageMeter:
                 f"record index {bad} is outside 0..{self.n_records - 1}; the task metered a row it was "
                 "not given"
             )
-        # bincount adds repeated indices correctly, unlike fancy-index assignment.
-        self._visits += np.bincount(idx, minlength=self.n_records)
+        # add.at counts a repeated index once per occurrence, unlike ``visits[idx] += 1``, and touches
+        # only the batch's rows: a bincount over every record costs O(records) per step (~11 µs at
+        # 20k records, most of the metering's cost), a step's compute stays O(batch).
+        np.add.at(self._visits, idx, 1)
 
     @property
     def visits(self) -> np.ndarray:

@@ -29,6 +29,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from json.encoder import encode_basestring as _json_string
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from databright.crypto import (
@@ -156,8 +157,19 @@ class ComputeClaim:
 
 
 def records_leaf(owner: str, record_id: str, visits: int, value: float) -> bytes:
-    """The Merkle leaf data for one record's use: ``canonical_json([owner, record_id, visits, value])``."""
-    return canonical_json([owner, record_id, int(visits), float(value)])
+    """The Merkle leaf data for one record's use: ``canonical_json([owner, record_id, visits, value])``.
+
+    A job has one leaf per record, so the usual case is written out instead of going through
+    ``json.dumps`` (a third of the time): for two ``str``, an int and a finite float, ``json.dumps``
+    with ``ensure_ascii=False`` writes exactly ``[`` + ``encode_basestring`` of each string, the
+    int's and the float's ``repr``, joined by ``,`` + ``]``. Anything else (a non-finite value, a
+    ``str`` subclass) takes ``canonical_json`` itself, which encodes or refuses it.
+    """
+    number = float(value)
+    if type(owner) is str and type(record_id) is str and math.isfinite(number):
+        owner_json, record_json = _json_string(owner), _json_string(record_id)
+        return f"[{owner_json},{record_json},{int(visits)!r},{number!r}]".encode()
+    return canonical_json([owner, record_id, int(visits), number])
 
 
 def records_root(rows: Iterable[tuple[str, str, int, float]]) -> str:

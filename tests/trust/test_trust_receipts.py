@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -140,6 +141,33 @@ def test_integral_values_are_written_as_floats_so_bytes_are_stable():
     envelope = sign_receipt(SESSION, receipt)
     assert b'"value":2.0' in base64.b64decode(envelope["payload"])
     assert sign_receipt(SESSION, parse_receipt(envelope))["payload"] == envelope["payload"]
+
+
+@settings(max_examples=300)
+@given(
+    st.text(),
+    st.text(),
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([-0.0, 5e-324, 1e300, 0.1]),
+)
+def test_records_leaf_is_canonical_json_byte_for_byte(owner, record_id, visits, value):
+    # The leaf is written out for speed; its bytes must stay canonical_json's, or every root changes.
+    try:
+        expected = canonical_json([owner, record_id, visits, value])
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form either way
+        with pytest.raises(UnicodeEncodeError):
+            records_leaf(owner, record_id, visits, value)
+        return
+    assert records_leaf(owner, record_id, visits, value) == expected
+    assert records_leaf(owner, record_id, np.int64(visits % 2**62), np.float64(value)) == canonical_json(
+        [owner, record_id, visits % 2**62, value]
+    )
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_records_leaf_refuses_non_finite_values(value):
+    with pytest.raises(ValueError, match="canonical JSON"):
+        records_leaf("alice", "r1", 1, value)
 
 
 def test_records_leaf_and_root_match_rfc6962_computed_independently():
