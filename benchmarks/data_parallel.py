@@ -3,7 +3,8 @@
 ``python -m benchmarks.data_parallel [--rows N] [--epochs E] [--repeats K]`` (and ``benchmarks.training``,
 which adds the result under ``data_parallel``) runs the attested job runner — ``run_job``, what a
 worker does for a job: record verification, training with metering and in-run credits, receipt —
-on ``tabular_mlp`` over the same version, once in one worker process and once as a two-worker
+on ``tabular_mlp`` (the manifest's model, and a wide one on large batches: ``PARALLEL_CASES``) over
+the same version, once in one worker process and once as a two-worker
 data-parallel job (two processes meeting over gloo on 127.0.0.1, each reading its shard), ``K``
 times each, interleaved. Each process is started and imported before the clock; the clock runs from
 a shared barrier to the last rank's receipt. ``samples_per_s`` = rows × epochs / seconds.
@@ -18,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import queue
 import statistics
 import tempfile
 import time
@@ -26,6 +28,11 @@ from typing import Any
 
 TASK = "tabular_mlp"
 SEED = 0
+#: The configurations compared: the task's defaults, and a wide MLP on large batches.
+PARALLEL_CASES: dict[str, dict[str, Any]] = {
+    "manifest_mlp": {},
+    "wide_mlp_large_batches": {"hidden": 512, "batch_size": 1024, "model_cost": 512 * (8 + 2) + 1},
+}
 
 
 def _rank(
@@ -78,7 +85,19 @@ def one_run(spec_fields: dict[str, Any], world: int) -> dict[str, Any]:
     ]
     for proc in procs:
         proc.start()
-    found = [results.get(timeout=900) for _ in procs]
+    found: list[tuple[int, float, str, int]] = []
+    deadline = time.monotonic() + 900
+    while len(found) < world:
+        try:
+            found.append(results.get(timeout=1.0))
+        except queue.Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                for proc in procs:
+                    proc.kill()
+                raise RuntimeError(
+                    f"a rank failed (exit codes {failed}) or timed out; see its traceback above"
+                ) from None
     for proc in procs:
         proc.join(60)
     return {
@@ -88,12 +107,15 @@ def one_run(spec_fields: dict[str, Any], world: int) -> dict[str, Any]:
     }
 
 
-def two_workers_vs_one(rows: int, epochs: int, repeats: int, folder: Path) -> dict[str, Any]:
-    """The data-parallel section of ``benchmarks/results/training.json``."""
+def two_workers_vs_one(
+    rows: int, epochs: int, repeats: int, folder: Path, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One worker against two on ``tabular_mlp`` with ``config`` (over the manifest's defaults)."""
     from benchmarks.training import job_spec, write_version
 
     version = write_version(folder / "version", rows, 500, SEED)
-    spec = job_spec(version, TASK, {"epochs": epochs}, folder / "out")
+    overrides = {**(config or {}), "epochs": epochs}
+    spec = job_spec(version, TASK, overrides, folder / "out")
     fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     fields = {k: v for k, v in fields.items() if k not in ("shards", "key_release", "withdrawn_files")}
     fields["data_files"] = list(fields["data_files"])
@@ -106,6 +128,7 @@ def two_workers_vs_one(rows: int, epochs: int, repeats: int, folder: Path) -> di
     two_models_agree = all(len(r["digests"]) == 1 for r in runs[2])
     return {
         "task": TASK,
+        "config": overrides,
         "rows": rows,
         "epochs": epochs,
         "repeats": repeats,
@@ -126,7 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="databright-dp-bench-") as tmp:
-        result = two_workers_vs_one(args.rows, args.epochs, args.repeats, Path(tmp))
+        result = {
+            name: two_workers_vs_one(args.rows, args.epochs, args.repeats, Path(tmp) / name, config)
+            for name, config in PARALLEL_CASES.items()
+        }
     print(json.dumps(result, indent=2))
     return result
 

@@ -33,9 +33,9 @@ Sections of the result, ``benchmarks/results/training.json`` (fractions: 0.03 = 
   three groups: record verification, training, receipt and digests.
 * ``tasks``: in-run valuation on vs off per task; the top-level ``inrun_overhead`` is the worse of the
   two (``benchmarks.inrun`` does the same for ``tabular_logreg`` alone, at its own size).
-* ``data_parallel`` is reserved for two workers vs one (``two_workers_vs_one``, torch.distributed
-  data-parallel training), added by that work: it reads the same ``parameters``, ``machine`` and
-  ``versions``.
+* ``data_parallel``: two workers vs one (``benchmarks.data_parallel.two_workers_vs_one``): ``run_job``
+  of ``tabular_mlp`` in one worker process and as a two-worker torch.distributed job, samples per
+  second of each and the speedup, on this machine's cores (``--no-parallel`` skips it).
 
 Medians of wall-clock and of this process's CPU seconds (``time.process_time``) are both recorded,
 with every run and the load average before and after: the machine is shared. ``--quick`` (a few
@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.data_parallel import PARALLEL_CASES, two_workers_vs_one
 from benchmarks.ingest import machine as machine_info
 from benchmarks.inrun import TARGET_OVERHEAD as TARGET_INRUN
 from benchmarks.inrun import (
@@ -435,6 +436,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val", type=int, default=1_000)
     parser.add_argument("--quick", action="store_true", help="a few thousand rows, 2 epochs, one repeat")
     parser.add_argument("--out", type=Path, default=None, help="default results/training.json")
+    parser.add_argument(
+        "--parallel-rows", type=int, default=20_000, help="rows of the two-workers-vs-one comparison"
+    )
+    parser.add_argument("--no-parallel", action="store_true", help="skip the two-workers-vs-one comparison")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
     if args.quick:
@@ -495,6 +500,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
         measured_s = time.perf_counter() - started
         load_after = [round(v, 2) for v in os.getloadavg()]
+        parallel = None
+        if not args.no_parallel:
+            parallel_rows = QUICK["rows"] if args.quick else args.parallel_rows
+            epochs, repeats = (2, 1) if args.quick else (3, 3)
+            parallel = {
+                # The manifest's MLP (16 hidden units, batches of 32) and a wider one on larger
+                # batches, where a step has enough arithmetic to split.
+                name: two_workers_vs_one(
+                    parallel_rows, epochs, repeats, Path(tmp) / f"parallel-{name}", config
+                )
+                for name, config in PARALLEL_CASES.items()
+            }
 
     contributions = {
         name: check_inrun_outputs(outputs[f"{name}/off"], outputs[f"{name}/on"]) for name in TASKS
@@ -521,7 +538,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "attested": attested,
         "tasks": task_results,
-        # "data_parallel": two workers vs one, added by the data-parallel training work.
+        "data_parallel": parallel,
         "parameters": {
             "rows": rows,
             "features": len(FEATURES),

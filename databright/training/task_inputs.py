@@ -102,13 +102,13 @@ def flag(task: str, config: Mapping[str, Any], key: str, default: bool) -> bool:
 
 
 def seeded_init(torch: Any, layers: Sequence[Any], seed: int) -> None:
-    """Re-draw ``torch.nn.Linear`` layers' weights and biases as torch's default initialisation does
-    (``U(±1/√fan_in)``, what ``kaiming_uniform_(a=√5)`` works out to), from a generator seeded by the
-    job. A private generator, not ``torch.manual_seed``: the process-wide seed is shared state, and
-    two trainings in one process (a test's data-parallel ranks in threads) would race for it."""
+    """Re-draw ``torch.nn.Linear`` layers' weights and biases exactly as torch's default
+    initialisation does (``kaiming_uniform_(a=√5)``, then ``U(±1/√fan_in)`` for the bias: the same
+    bits as ``torch.manual_seed(seed)`` before building them), from a generator seeded by the job.
+    A private generator, not ``torch.manual_seed``: the process-wide seed is shared state, and two
+    trainings in one process (a test's data-parallel ranks in threads) would race for it."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in layers:
-            bound = 1.0 / math.sqrt(layer.weight.shape[1])
-            layer.weight.uniform_(-bound, bound, generator=generator)
-            layer.bias.uniform_(-bound, bound, generator=generator)
+    for layer in layers:
+        torch.nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+        bound = 1.0 / math.sqrt(layer.weight.shape[1])
+        torch.nn.init.uniform_(layer.bias, -bound, bound, generator=generator)

@@ -56,7 +56,14 @@ def test_quick_run_writes_finite_consistent_fractions(tmp_path: Path) -> None:
     assert result["inrun_overhead_task"] == worst
     assert result["inrun_overhead"] == tasks[worst]["inrun_overhead"]
 
-    # The data-parallel section is reserved for later work; the shared sections it will read exist.
-    assert "data_parallel" not in result
+    # Two workers vs one: both ran the same work, and the two ranks ended with one model.
+    assert set(result["data_parallel"]) == {"manifest_mlp", "wide_mlp_large_batches"}
+    for parallel in result["data_parallel"].values():
+        assert parallel["ranks_end_with_one_model"] and parallel["same_work_units"]
+        for side in ("one_worker", "two_workers"):
+            assert math.isfinite(parallel[side]["samples_per_s"]) and parallel[side]["samples_per_s"] > 0
+        assert parallel["speedup"] == pytest.approx(
+            parallel["one_worker"]["median_s"] / parallel["two_workers"]["median_s"]
+        )
     assert {"parameters", "machine", "versions"} <= set(result)
     assert result["parameters"]["quick"] is True
