@@ -31,6 +31,7 @@ enclave_app = typer.Typer(help="Enclave tasks and their measurements.", no_args_
 attest_app = typer.Typer(help="Hardware attestation: check a real SGX/TDX quote.", no_args_is_help=True)
 audit_app = typer.Typer(help="Audit a period from contributed files to transfers.", no_args_is_help=True)
 settle_app = typer.Typer(help="Settle a period: propose, review, approve or reject, post.")
+stack_app = typer.Typer(help="The whole exchange on this machine: Prefect server and provider agents.")
 statement_app = typer.Typer(
     help="Holders' statements: show one, or re-derive and verify it.", no_args_is_help=True
 )
@@ -39,6 +40,7 @@ contract_app = typer.Typer(
 )
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(worker_app, name="worker")
+app.add_typer(stack_app, name="stack")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(enclave_app, name="enclave")
 app.add_typer(contract_app, name="contract")
@@ -474,6 +476,44 @@ def worker_list(
             str(record.jobs_run),
         )
     console.print(agents)
+
+
+# --- the local stack ------------------------------------------------------------------------------
+
+
+@stack_app.command("up")
+@reports_errors
+def stack_up(
+    providers: Annotated[int, typer.Option(help="Provider agents to start", min=0, max=16)] = 2,
+) -> None:
+    """Start a Prefect server, the work pools and provider agents; record their pids."""
+    from databright import stack
+
+    for component in stack.up(_settings(), providers=providers):
+        console.print(f"{component.name}: pid {component.pid}, {component.url} (log {component.log})")
+
+
+@stack_app.command("status")
+@reports_errors
+def stack_status() -> None:
+    """Each component of the stack, its URL and its health."""
+    from databright import stack
+
+    table = Table("component", "pid", "url", "health", "log")
+    found = stack.status(_settings())
+    for component, health in found:
+        table.add_row(component.name, str(component.pid), component.url, health, component.log)
+    console.print(table if found else "no stack runs from this home; `databright stack up` starts one")
+
+
+@stack_app.command("down")
+@reports_errors
+def stack_down() -> None:
+    """Stop the stack by pid: agents first, then the server (SIGINT, then SIGTERM)."""
+    from databright import stack
+
+    stopped = stack.down(_settings())
+    console.print(f"stopped {', '.join(c.name for c in stopped)}" if stopped else "no stack was running")
 
 
 # --- training -----------------------------------------------------------------------------------

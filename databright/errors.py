@@ -138,3 +138,7 @@ class SettlementConflict(SettlementError):
 
 class ValuationError(DatabrightError, ValueError):
     """Inputs to a valuation method are unusable (shapes, labels, non-finite values, k)."""
+
+
+class StackError(DatabrightError):
+    """The local stack (``databright stack``) could not start, or one of its parts failed."""
