@@ -67,17 +67,13 @@ def _rank(
     results.put((rank, time.perf_counter() - start, outcome.model_digest, outcome.work_units))
 
 
-def _free_rendezvous() -> str:
-    from databright.training.service import free_rendezvous
-
-    return free_rendezvous()
-
-
 def one_run(spec_fields: dict[str, Any], world: int) -> dict[str, Any]:
     """Seconds from the barrier to the slowest rank's receipt, and the ranks' model digests."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(world), ctx.Queue()
-    rendezvous = _free_rendezvous() if world > 1 else ""
+    from databright.training.service import free_rendezvous
+
+    rendezvous = free_rendezvous() if world > 1 else ""
     spec_json = json.dumps(spec_fields)
     procs = [
         ctx.Process(target=_rank, args=(spec_json, rank, world, rendezvous, barrier, results))

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +29,8 @@ from typing import Any
 
 from databright.config import Settings
 from databright.errors import StackError
-from databright.market.agent import AgentRecord, pid_alive, record_path
+from databright.market.agent import AgentRecord, record_path
+from databright.processes import free_port, pid_alive, prefect_env, stop_pid
 
 EXCHANGE_POOL = "databright-exchange"
 PROVIDER_POOL = "databright-providers"
@@ -62,30 +60,14 @@ def _write_stack(settings: Settings, components: list[Component]) -> None:
     stack_file(settings).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def prefect_env(settings: Settings, api_url: str | None = None) -> dict[str, str]:
-    """This process's environment for the stack's processes: Prefect homed in ``<home>/prefect``."""
-    home = settings.home / "prefect"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DATABRIGHT_HOME": str(settings.home),
-        "DATABRIGHT_PERIOD": settings.period,
-    }
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
+def stack_env(settings: Settings, api_url: str | None = None) -> dict[str, str]:
+    """The environment of the stack's processes: Prefect homed in ``<home>/prefect``, this home."""
+    env = prefect_env(settings.home / "prefect", api_url)
+    return env | {"DATABRIGHT_HOME": str(settings.home), "DATABRIGHT_PERIOD": settings.period}
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -145,12 +127,12 @@ def up(settings: Settings, *, providers: int = 2, timeout_s: float = 180.0) -> l
     (settings.home / "prefect").mkdir(parents=True, exist_ok=True)
     components: list[Component] = []
     try:
-        port = _free_port()
+        port = free_port()
         api_url = f"http://127.0.0.1:{port}/api"
         log = logs / "prefect-server.log"
         server = _spawn(
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-            prefect_env(settings),
+            stack_env(settings),
             log,
         )
         components.append(Component("prefect-server", server.pid, api_url, str(log)))
@@ -164,7 +146,7 @@ def up(settings: Settings, *, providers: int = 2, timeout_s: float = 180.0) -> l
             agent = _spawn(
                 [_bin("databright"), "worker", "start", "--provider", name, "--price", f"0.00000{k}",
                  "--capacity", "50000000", "--pool", PROVIDER_POOL],
-                prefect_env(settings, api_url),
+                stack_env(settings, api_url),
                 log,
             )  # fmt: skip
             agents.append((name, agent, log))
@@ -196,24 +178,11 @@ def status(settings: Settings) -> list[tuple[Component, str]]:
     return found
 
 
-def _stop(pid: int) -> None:
-    for sig, grace in ((signal.SIGINT, 30.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        if not pid_alive(pid):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while pid_alive(pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
-            time.sleep(0.1)
-
-
 def down(settings: Settings) -> list[Component]:
     """Stop every recorded component, agents before the server; return what was stopped."""
     components = read_stack(settings)
     # Agents (and the Prefect workers they run) before the server they talk to.
     for component in sorted(components, key=lambda c: c.name == "prefect-server"):
-        _stop(component.pid)
+        stop_pid(component.pid)
     stack_file(settings).unlink(missing_ok=True)
     return components

@@ -1,11 +1,9 @@
-"""Servers the integration tests start themselves on 127.0.0.1 and stop by process id."""
+"""Servers the integration tests start themselves on 127.0.0.1 and stop by process id
+(``databright.processes`` has the port, environment and stop helpers they share with the stack)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,32 +13,7 @@ from typing import Any
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """SIGINT first (a clean shutdown), then SIGTERM, then SIGKILL; only the process we started."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-
-
-def prefect_env(home: Path) -> dict[str, str]:
-    """This process's environment without its PREFECT_ settings, for a server homed in ``home``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    return env | {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
+from databright.processes import free_port, prefect_env, stop_popen
 
 
 @contextlib.contextmanager
@@ -68,5 +41,5 @@ def prefect_server(home: Path, fail: Any) -> Iterator[str]:
             time.sleep(0.3)
         yield url
     finally:
-        stop(proc)
+        stop_popen(proc)
         log.close()

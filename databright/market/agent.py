@@ -42,6 +42,7 @@ from databright.config import Settings
 from databright.errors import MarketError, TrainingError
 from databright.market.offers import Provider, register_provider, withdraw_offer
 from databright.market.pool import PoolMember, attest_and_offer
+from databright.processes import pid_alive, stop_popen
 from databright.training.worker import WorkerProcess, failure_reply
 from databright.trust import SimulatedVerifier, provision_platform
 
@@ -195,7 +196,7 @@ class ProviderAgent:
     def stop(self) -> None:
         self._stopping.set()
         if self._prefect is not None:
-            _stop_process(self._prefect)
+            stop_popen(self._prefect)
             self._prefect = None
         if self._member is not None:
             with contextlib.suppress(Exception):  # the exchange may withdraw a lost offer first
@@ -244,16 +245,6 @@ class ProviderAgent:
             return result
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _start_prefect_worker(pool: str, provider_id: str) -> subprocess.Popen[bytes]:
     """A Prefect process worker for ``pool``: it runs the ``train`` deployment's flow runs."""
     prefect = Path(sys.executable).parent / "prefect"
@@ -273,16 +264,6 @@ def _start_prefect_worker(pool: str, provider_id: str) -> subprocess.Popen[bytes
         env=env,
         stdin=subprocess.DEVNULL,
     )
-
-
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT (a Prefect worker's clean shutdown), then SIGTERM, then SIGKILL."""
-    for sig, grace in ((signal.SIGINT, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        if proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
 
 
 def stop_agent(settings: Settings, pool: str, provider_id: str, *, timeout_s: float = 60.0) -> int:

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 from databright.config import Settings
 from databright.db import ExchangeDB
 from databright.errors import MarketError, TrainingError
-from databright.market.agent import AgentRecord, pid_alive, pool_dir
+from databright.market.agent import AgentRecord, pool_dir
 from databright.market.offers import Offer, list_offers, list_providers, withdraw_offer
 from databright.market.pool import PoolMember
+from databright.processes import pid_alive
 from databright.training.spec import JobOutcome, JobSpec
 from databright.training.worker import rebuild_error
 from databright.trust import load_verifier_key

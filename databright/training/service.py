@@ -11,7 +11,6 @@ its release log); like any failure here, that refunds the job and leaves no rece
 from __future__ import annotations
 
 import datetime as dt
-import socket
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from databright.market.allocation import Quote, choose_offers
 from databright.market.offers import Offer
 from databright.market.pool import WorkerPool
 from databright.market.quotes import JobQuote, quote_job_price
+from databright.processes import free_port
 from databright.provenance.record import record_training
 from databright.training.jobs import Completion, TrainingJob, complete_jobs
 from databright.training.parts import Attempt, fail_attempt, submit_attempt
@@ -224,9 +224,7 @@ def execute_attempt(
 
 def free_rendezvous() -> str:
     """A tcp:// address on this host with a port that was free a moment ago, for a job's workers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def run_parts(pool: WorkerPool, offers: Sequence[Offer], specs: Sequence[JobSpec]) -> list[JobOutcome]:

@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 import server_processes
-from server_processes import stop
+
+from databright.processes import stop_popen
 
 pytestmark = pytest.mark.integration
 
@@ -269,7 +270,7 @@ def test_settle_flow_posts_only_after_approval_through_the_api(prefect_server, t
         side.proc.wait(60)
         assert side.proc.returncode == 0, "".join(side.output[-80:])
     finally:
-        stop(side.proc)
+        stop_popen(side.proc)
 
     assert (posted["state"], posted["approver"], posted["jobs"]) == ("posted", FINANCE, 2)
     assert posted["revenue"] == 8_000_000 and sum(posted["totals"].values()) == 8_000_000

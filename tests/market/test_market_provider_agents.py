@@ -20,15 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from server_processes import prefect_env, prefect_server, stop
+from server_processes import prefect_server
 
 from databright.config import Settings
 from databright.datasets import register_file
 from databright.datasets.synthetic import make_period
 from databright.ledger import deposit, verify_ledger
 from databright.market import list_offers
-from databright.market.agent import AgentRecord, pid_alive, record_path
+from databright.market.agent import AgentRecord, record_path
 from databright.market.remote_pool import withdraw_lost_offers
+from databright.processes import pid_alive, prefect_env, stop_popen
 from databright.training.jobs import list_jobs
 
 pytestmark = pytest.mark.integration  # a Prefect server, two agents, their Prefect workers and enclaves
@@ -108,7 +109,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield stack
         finally:
             for proc in agents.values():  # agents (and their Prefect workers) before the server
-                stop(proc)
+                stop_popen(proc)
 
 
 @contextlib.contextmanager

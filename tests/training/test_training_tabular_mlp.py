@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from training_fixtures import ENCLAVE_TASKS, FEATURES, JobData, seal_job_data, separable
+from training_fixtures import ENCLAVE_TASKS, FEATURES, JobData, reference_sgd, seal_job_data, separable
 
 from databright.config import Settings
 from databright.crypto import SigningKey
@@ -115,7 +115,6 @@ def reference_training(
     """The task's training loop rebuilt independently, with every record's in-run contribution
     from torch.func per-sample gradients dotted with the autograd validation gradient."""
     import torch
-    from torch.func import functional_call, grad, vmap
 
     mean, std = x.mean(0), x.std(0)
     z, zv = torch.from_numpy((x - mean) / std), torch.from_numpy((xv - mean) / std)
@@ -126,35 +125,7 @@ def reference_training(
         torch.nn.ReLU(),
         torch.nn.Linear(config["hidden"], 1, dtype=torch.float64),
     )
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-
-    def sample_loss(params: dict[str, Any], row: Any, label: Any) -> Any:
-        return bce(functional_call(model, params, (row[None, :],))[0, 0], label)
-
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))
-    lr, decay, size = config["learning_rate"], config["weight_decay"], config["batch_size"]
-    values = np.zeros(len(x))
-    shuffler = np.random.default_rng(seed)
-    for _ in range(config["epochs"]):
-        order = shuffler.permutation(len(x))
-        for start in range(0, len(x), size):
-            batch = order[start : start + size]
-            index = torch.from_numpy(batch)
-            params = {k: v.detach() for k, v in model.named_parameters()}
-            grads = per_sample(params, z[index], targets[index])
-            val_loss = bce(model(zv).squeeze(1), val_targets)
-            val_grads = torch.autograd.grad(val_loss, list(model.parameters()))
-            dots = sum(
-                (g.reshape(len(batch), -1) @ v.reshape(-1)).numpy()
-                for g, v in zip(grads.values(), val_grads, strict=True)
-            )
-            np.add.at(values, batch, lr / len(batch) * dots)
-            model.zero_grad()
-            bce(model(z[index]).squeeze(1), targets[index]).backward()
-            with torch.no_grad():
-                for p in model.parameters():
-                    assert p.grad is not None
-                    p.add_(p.grad.add(p, alpha=decay), alpha=-lr)
+    values = reference_sgd(model, z, targets, zv, val_targets, config, seed)
     return {k: v.detach() for k, v in model.state_dict().items()}, values
 
 
